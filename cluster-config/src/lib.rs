@@ -1,0 +1,1 @@
+//! The vipgate cluster file: typed schema, strict parsing, semantic validation.

@@ -1,0 +1,1 @@
+//! Isolated multi-node network labs on one Linux machine.

@@ -1,0 +1,3 @@
+//! The `vipgate` command.
+
+fn main() {}
