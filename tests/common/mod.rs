@@ -1,0 +1,45 @@
+//! Helpers shared by the integration tests: the root check and polling with a deadline.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of these helpers"
+)]
+
+use std::time::{Duration, Instant};
+
+/// Whether this test may build namespaces. Tests need root; CI runs them as root and must not
+/// skip them silently, so outside root they fail under CI and are skipped (loudly) elsewhere.
+pub fn root_or_skip(test: &str) -> bool {
+    if vipgate::lab::is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root, and CI must run it as root"
+    );
+    eprintln!("SKIPPED {test}: needs root (network namespaces)");
+    false
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A lab name unique to this test run, so tests and parallel runs never collide.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}{:05x}", (nanos ^ std::process::id()) & 0xfffff)
+}
