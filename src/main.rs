@@ -1,3 +1,104 @@
-//! The `vipgate` command.
+//! The `vipgate` command: one binary, one subcommand per job. Library code lives in the member
+//! crates and in this package's library (the lab); this file only parses arguments, sets up
+//! logging and maps results to exit codes.
 
-fn main() {}
+mod config_cmd;
+mod demo_cmd;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Default path of the cluster file.
+pub const DEFAULT_CONFIG: &str = "/etc/vipgate/cluster.yaml";
+/// Default path of the local node's control socket.
+pub const DEFAULT_SOCKET: &str = "/run/vipgate/vipgate.sock";
+
+/// NFS and SMB gateway cluster with Raft-coordinated virtual-IP failover.
+#[derive(Debug, Parser)]
+#[command(name = "vipgate", version, propagate_version = true)]
+struct Cli {
+    /// Control socket of the local node.
+    #[arg(long, global = true, env = "VIPGATE_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check or print cluster files.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Run an isolated multi-node lab on this machine (needs root).
+    Demo(demo_cmd::DemoArgs),
+}
+
+/// Global options every subcommand may use.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    #[allow(
+        dead_code,
+        reason = "the control socket is used by the node commands of issue #3"
+    )]
+    pub socket: PathBuf,
+    pub json: bool,
+}
+
+/// Logs to stderr: colours and terse layout on a terminal, plain text otherwise.
+fn init_tracing(verbose: u8) {
+    let default_level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let terminal = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(terminal)
+        .with_target(!terminal)
+        .init();
+}
+
+/// Restores the default SIGPIPE action, so that `vipgate … | head` ends quietly as other Unix
+/// tools do instead of panicking on a closed stdout. (Rust ignores SIGPIPE by default; a future
+/// long-running daemon command must keep it ignored so a closed socket is an error, not a kill.)
+fn restore_default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn main() -> ExitCode {
+    restore_default_sigpipe();
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let globals = Globals {
+        socket: cli.socket,
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Config(command) => config_cmd::run(command, &globals),
+        Command::Demo(args) => demo_cmd::run(args, &globals),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("vipgate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
