@@ -9,13 +9,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use vipd::apply::{AddressApplier, HeldVip, NetlinkApplier, reconcile};
-use vipgate::lab::{Lab, LabSpec, netns};
+use vipgate::lab::{Lab, LabSpec};
 
 const LEASE: Duration = Duration::from_millis(2500);
 const VIPS: [&str; 2] = ["192.0.2.201/24", "2001:db8:0:1::201/64"];
@@ -26,25 +23,7 @@ fn vips() -> Vec<IpNet> {
 
 /// Makes node1 hold exactly `held` (renewing what it has), as the daemon will on every tick.
 fn hold(lab: &Lab, held: &[IpNet]) {
-    let held: Vec<HeldVip> = held
-        .iter()
-        .map(|address| HeldVip {
-            address: *address,
-            interface: "pub0".into(),
-            lease_left: LEASE,
-        })
-        .collect();
-    let managed: BTreeSet<IpAddr> = vips().iter().map(IpNet::addr).collect();
-    let namespace = lab.host("node1").unwrap().netns.clone();
-    netns::netlink(&namespace, |handle| async move {
-        let applier = NetlinkApplier::new(handle);
-        let present = applier.addresses().await?;
-        for change in reconcile(&held, &present, &managed) {
-            applier.apply(&change).await?;
-        }
-        Ok::<_, vipd::apply::ApplyError>(())
-    })
-    .unwrap();
+    common::hold(lab, "node1", held, &vips(), LEASE).unwrap();
 }
 
 fn configured(lab: &Lab) -> Vec<IpNet> {

@@ -43,3 +43,35 @@ pub fn unique_name(prefix: &str) -> String {
         .unwrap_or(0);
     format!("{prefix}{:05x}", (nanos ^ std::process::id()) & 0xfffff)
 }
+
+/// Makes `host` of `lab` hold exactly `held` on `pub0` with `lease` left, as the VIP daemon does
+/// on every tick: reconcile against the kernel, then apply. `managed` is the cluster's VIPs.
+pub fn hold(
+    lab: &vipgate::lab::Lab,
+    host: &str,
+    held: &[ipnet::IpNet],
+    managed: &[ipnet::IpNet],
+    lease: Duration,
+) -> Result<(), String> {
+    use vipd::apply::{AddressApplier, HeldVip, NetlinkApplier, reconcile};
+    let held: Vec<HeldVip> = held
+        .iter()
+        .map(|address| HeldVip {
+            address: *address,
+            interface: "pub0".into(),
+            lease_left: lease,
+        })
+        .collect();
+    let managed: std::collections::BTreeSet<std::net::IpAddr> =
+        managed.iter().map(ipnet::IpNet::addr).collect();
+    let namespace = lab.host(host).map_err(|e| e.to_string())?.netns.clone();
+    vipgate::lab::netns::netlink(&namespace, |handle| async move {
+        let applier = NetlinkApplier::new(handle);
+        let present = applier.addresses().await?;
+        for change in reconcile(&held, &present, &managed) {
+            applier.apply(&change).await?;
+        }
+        Ok::<_, vipd::apply::ApplyError>(())
+    })
+    .map_err(|e| e.to_string())
+}
