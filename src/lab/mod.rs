@@ -27,12 +27,12 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use ipnet::IpNet;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
 use serde::Serialize;
+use vipd::apply::{AddressApplier, KernelAddress, NetlinkApplier, interface_names};
 
 pub use plan::{Network, Plan, PlannedHost, Role};
 use state::{LabProcess, LabRecord, ProcessId};
@@ -93,15 +93,6 @@ impl<T> Context<T> for io::Result<T> {
             source,
         })
     }
-}
-
-/// An address as the kernel reports it inside a lab host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HostAddress {
-    pub interface: String,
-    pub address: IpNet,
-    /// Remaining valid lifetime in seconds; `None` for a permanent address.
-    pub valid_lifetime: Option<u32>,
 }
 
 /// One entry of a lab host's neighbour (ARP/NDP) table.
@@ -421,43 +412,11 @@ impl Lab {
         .context(|| format!("cannot change the links of {host}"))
     }
 
-    /// The addresses configured inside `host`, loopback excluded.
-    pub fn addresses(&self, host: &str) -> Result<Vec<HostAddress>, LabError> {
+    /// The addresses configured inside `host`, loopback excluded, with their lifetimes.
+    pub fn addresses(&self, host: &str) -> Result<Vec<KernelAddress>, LabError> {
         let namespace = self.host(host)?.netns.clone();
         netns::netlink(&namespace, |handle| async move {
-            let names = link_names(&handle).await?;
-            let mut addresses = Vec::new();
-            let mut messages = handle.address().get().execute();
-            while let Some(message) = messages.try_next().await? {
-                let interface = names
-                    .get(&message.header.index)
-                    .cloned()
-                    .unwrap_or_default();
-                if interface == "lo" {
-                    continue;
-                }
-                let mut address = None;
-                let mut valid_lifetime = None;
-                for attribute in &message.attributes {
-                    match attribute {
-                        AddressAttribute::Address(ip) => address = Some(*ip),
-                        AddressAttribute::CacheInfo(info) if info.ifa_valid != u32::MAX => {
-                            valid_lifetime = Some(info.ifa_valid);
-                        }
-                        _ => {}
-                    }
-                }
-                if let Some(ip) = address
-                    && let Ok(address) = IpNet::new(ip, message.header.prefix_len)
-                {
-                    addresses.push(HostAddress {
-                        interface,
-                        address,
-                        valid_lifetime,
-                    });
-                }
-            }
-            Ok::<_, rtnetlink::Error>(addresses)
+            NetlinkApplier::new(handle).addresses().await
         })
         .context(|| format!("cannot read the addresses of {host}"))
     }
@@ -489,7 +448,7 @@ impl Lab {
     pub fn neighbours(&self, host: &str) -> Result<Vec<Neighbour>, LabError> {
         let namespace = self.host(host)?.netns.clone();
         netns::netlink(&namespace, |handle| async move {
-            let names = link_names(&handle).await?;
+            let names = interface_names(&handle).await?;
             let mut neighbours = Vec::new();
             let mut messages = handle.neighbours().get().execute();
             while let Some(message) = messages.try_next().await? {
@@ -640,21 +599,6 @@ async fn set_up(handle: &rtnetlink::Handle, interface: &str) -> Result<(), rtnet
         .change(LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-}
-
-async fn link_names(
-    handle: &rtnetlink::Handle,
-) -> Result<std::collections::HashMap<u32, String>, rtnetlink::Error> {
-    let mut names = std::collections::HashMap::new();
-    let mut links = handle.link().get().execute();
-    while let Some(link) = links.try_next().await? {
-        for attribute in &link.attributes {
-            if let LinkAttribute::IfName(name) = attribute {
-                names.insert(link.header.index, name.clone());
-            }
-        }
-    }
-    Ok(names)
 }
 
 fn format_mac(bytes: &[u8]) -> String {

@@ -135,6 +135,27 @@ pub fn reconcile(
     changes
 }
 
+/// Interface names by index, in the namespace of `handle`'s socket.
+pub async fn interface_names(
+    handle: &rtnetlink::Handle,
+) -> Result<std::collections::HashMap<u32, String>, rtnetlink::Error> {
+    let mut names = std::collections::HashMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(link) = links.try_next().await? {
+        if let Some(name) = link
+            .attributes
+            .iter()
+            .find_map(|attribute| match attribute {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            })
+        {
+            names.insert(link.header.index, name);
+        }
+    }
+    Ok(names)
+}
+
 /// Why an address change failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -181,24 +202,6 @@ impl NetlinkApplier {
         }
     }
 
-    async fn link_names(&self) -> Result<std::collections::HashMap<u32, String>, ApplyError> {
-        let mut names = std::collections::HashMap::new();
-        let mut links = self.handle.link().get().execute();
-        while let Some(link) = links.try_next().await? {
-            if let Some(name) = link
-                .attributes
-                .iter()
-                .find_map(|attribute| match attribute {
-                    LinkAttribute::IfName(name) => Some(name.clone()),
-                    _ => None,
-                })
-            {
-                names.insert(link.header.index, name);
-            }
-        }
-        Ok(names)
-    }
-
     /// Adds or replaces `address` on `interface` with `lifetime` seconds, usable at once (no
     /// duplicate address detection: ownership is decided by the cluster, not by probing).
     async fn put(
@@ -230,7 +233,7 @@ impl NetlinkApplier {
 
 impl AddressApplier for NetlinkApplier {
     async fn addresses(&self) -> Result<Vec<KernelAddress>, ApplyError> {
-        let names = self.link_names().await?;
+        let names = interface_names(&self.handle).await?;
         let mut addresses = Vec::new();
         let mut messages = self.handle.address().get().execute();
         while let Some(message) = messages.try_next().await? {
