@@ -334,8 +334,10 @@ impl Lab {
         let namespace =
             netns::open(&host.netns).context(|| format!("cannot enter host {}", host.name))?;
         let etc = self.host_dir(&host.name).join("etc");
+        // A bind needs an existing target; a machine without /etc/resolv.conf simply keeps none.
         let binds: Vec<(CString, CString)> = ["hosts", "resolv.conf"]
             .iter()
+            .filter(|file| std::path::Path::new("/etc").join(file).exists())
             .filter_map(|file| {
                 let source = CString::new(etc.join(file).as_os_str().as_bytes()).ok()?;
                 let target = CString::new(format!("/etc/{file}")).ok()?;
