@@ -1,23 +1,10 @@
 //! Table of invalid cluster files, each with the exact diagnostics it must produce: position,
 //! field path and message.
 
-use cluster_config::{Diagnostic, parse};
+mod common;
 
-/// A valid file the cases below extend; sections appended to it start on line 13.
-const BASE: &str = "\
-cluster:
-  name: gw1
-  secret: 0123456789abcdef
-  data_dir: /var/lib/vipgate
-nodes:
-  - name: node1
-    cluster_address: 198.51.100.11
-    public_interfaces: [eth1]
-public_addresses:
-  - address: 192.0.2.101/24
-volume:
-  path: /mnt/volume
-";
+use cluster_config::{Diagnostic, parse};
+use common::MINIMAL as BASE;
 
 /// One expected diagnostic: line, column, field path, and a substring of the message.
 type Expected = (usize, usize, &'static str, &'static str);

@@ -1,5 +1,7 @@
 //! Valid files and the runtime values they produce: defaults, resolved references, loading.
 
+mod common;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,21 +11,7 @@ use cluster_config::{
     NfsVersion, Node, NodeId, PublicAddress, SecretSource, Share, Smb, Squash, Timings, Volume,
     load, parse,
 };
-
-const MINIMAL: &str = "\
-cluster:
-  name: gw1
-  secret: 0123456789abcdef
-  data_dir: /var/lib/vipgate
-nodes:
-  - name: node1
-    cluster_address: 198.51.100.11
-    public_interfaces: [eth1]
-public_addresses:
-  - address: 192.0.2.101/24
-volume:
-  path: /mnt/volume
-";
+use common::MINIMAL;
 
 #[allow(
     clippy::unwrap_used,
