@@ -32,7 +32,9 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use rtnetlink::{LinkBridge, LinkUnspec, LinkVeth};
 use serde::Serialize;
-use vipd::apply::{AddressApplier, KernelAddress, NetlinkApplier, interface_names};
+use vipd::apply::{
+    AddressApplier, ApplyError, KernelAddress, NetlinkApplier, interface_index, interface_names,
+};
 
 pub use plan::{Network, Plan, PlannedHost, Role};
 use state::{LabProcess, LabRecord, ProcessId};
@@ -256,8 +258,8 @@ impl Lab {
                         .add(LinkVeth::new(port, &peer).build())
                         .execute()
                         .await?;
-                    let bridge_index = netns::link_index(&handle, bridge).await?;
-                    let port_index = netns::link_index(&handle, port).await?;
+                    let bridge_index = interface_index(&handle, bridge).await?;
+                    let port_index = interface_index(&handle, port).await?;
                     handle
                         .link()
                         .change(
@@ -268,7 +270,7 @@ impl Lab {
                         )
                         .execute()
                         .await?;
-                    let peer_index = netns::link_index(&handle, &peer).await?;
+                    let peer_index = interface_index(&handle, &peer).await?;
                     use std::os::fd::AsRawFd;
                     handle
                         .link()
@@ -281,7 +283,7 @@ impl Lab {
                         .await?;
                 }
             }
-            Ok::<_, rtnetlink::Error>(())
+            Ok::<_, ApplyError>(())
         })
         .context(|| format!("cannot build the switch of lab {}", plan.name))
     }
@@ -292,7 +294,7 @@ impl Lab {
             set_up(&handle, "lo").await?;
             for interface in &interfaces {
                 let index =
-                    netns::link_index(&handle, &format!("{}-h", interface.switch_port)).await?;
+                    interface_index(&handle, &format!("{}-h", interface.switch_port)).await?;
                 handle
                     .link()
                     .change(
@@ -317,7 +319,7 @@ impl Lab {
                     request.execute().await?;
                 }
             }
-            Ok::<_, rtnetlink::Error>(())
+            Ok::<_, ApplyError>(())
         })
         .context(|| format!("cannot build host {} of lab {}", host.name, self.plan.name))
     }
@@ -400,16 +402,16 @@ impl Lab {
             .collect();
         netns::netlink(&self.plan.switch_netns, |handle| async move {
             for (port, bridge) in &ports {
-                let port_index = netns::link_index(&handle, port).await?;
+                let port_index = interface_index(&handle, port).await?;
                 let message = if plugged {
-                    let bridge_index = netns::link_index(&handle, bridge).await?;
+                    let bridge_index = interface_index(&handle, bridge).await?;
                     LinkUnspec::new_with_index(port_index).controller(bridge_index)
                 } else {
                     LinkUnspec::new_with_index(port_index).nocontroller()
                 };
                 handle.link().change(message.build()).execute().await?;
             }
-            Ok::<_, rtnetlink::Error>(())
+            Ok::<_, ApplyError>(())
         })
         .context(|| format!("cannot change the links of {host}"))
     }
@@ -433,7 +435,7 @@ impl Lab {
                 .try_next()
                 .await?
                 .ok_or(rtnetlink::Error::RequestFailed)?;
-            Ok::<_, rtnetlink::Error>(
+            Ok::<_, ApplyError>(
                 link.attributes
                     .iter()
                     .find_map(|attribute| match attribute {
@@ -482,7 +484,7 @@ impl Lab {
                     });
                 }
             }
-            Ok::<_, rtnetlink::Error>(neighbours)
+            Ok::<_, ApplyError>(neighbours)
         })
         .context(|| format!("cannot read the neighbours of {host}"))
     }
@@ -594,13 +596,14 @@ fn switch_ports(host: &PlannedHost) -> Vec<(String, &'static str)> {
         .collect()
 }
 
-async fn set_up(handle: &rtnetlink::Handle, interface: &str) -> Result<(), rtnetlink::Error> {
-    let index = netns::link_index(handle, interface).await?;
+async fn set_up(handle: &rtnetlink::Handle, interface: &str) -> Result<(), ApplyError> {
+    let index = interface_index(handle, interface).await?;
     handle
         .link()
         .change(LinkUnspec::new_with_index(index).up().build())
         .execute()
-        .await
+        .await?;
+    Ok(())
 }
 
 fn format_mac(bytes: &[u8]) -> String {

@@ -12,7 +12,6 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use futures::TryStreamExt;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 
@@ -151,20 +150,4 @@ where
             result.map_err(|error| io::Error::other(format!("netlink in {name}: {error}")))
         })
     })?
-}
-
-/// Index of interface `interface`, looked up with `handle`.
-pub async fn link_index(
-    handle: &rtnetlink::Handle,
-    interface: &str,
-) -> Result<u32, rtnetlink::Error> {
-    let mut links = handle
-        .link()
-        .get()
-        .match_name(interface.to_owned())
-        .execute();
-    match links.try_next().await? {
-        Some(link) => Ok(link.header.index),
-        None => Err(rtnetlink::Error::RequestFailed),
-    }
 }

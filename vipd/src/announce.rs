@@ -169,6 +169,28 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// Sends `payload` to `address`, a socket address structure of the socket's family.
+    fn send_to<A>(&self, payload: &[u8], address: &A) -> io::Result<()> {
+        // SAFETY: `payload` and `address` are valid for the given lengths during the call, and
+        // `A` is a plain socket address structure (the callers pass sockaddr_ll/sockaddr_in6).
+        let sent = unsafe {
+            libc::sendto(
+                self.0,
+                payload.as_ptr().cast(),
+                payload.len(),
+                0,
+                (address as *const A).cast(),
+                std::mem::size_of::<A>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Socket {
     fn drop(&mut self) {
         // SAFETY: the descriptor is owned by this value and closed once.
@@ -188,21 +210,7 @@ fn send_ethernet(index: u32, frame: &[u8], ethertype: u16) -> io::Result<()> {
     address.sll_ifindex = i32::try_from(index).map_err(io::Error::other)?;
     address.sll_halen = 6;
     address.sll_addr[..6].copy_from_slice(&BROADCAST);
-    // SAFETY: `frame` and `address` are valid for the given lengths during the call.
-    let sent = unsafe {
-        libc::sendto(
-            socket.0,
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&address as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    socket.send_to(frame, &address)
 }
 
 fn send_advertisement(index: u32, vip: Ipv6Addr, mac: Mac) -> io::Result<()> {
@@ -237,21 +245,7 @@ fn send_advertisement(index: u32, vip: Ipv6Addr, mac: Mac) -> io::Result<()> {
     all_nodes.sin6_family = libc::AF_INET6 as u16;
     all_nodes.sin6_addr.s6_addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
     all_nodes.sin6_scope_id = index;
-    // SAFETY: `body` and `all_nodes` are valid for the given lengths during the call.
-    let sent = unsafe {
-        libc::sendto(
-            socket.0,
-            body.as_ptr().cast(),
-            body.len(),
-            0,
-            (&all_nodes as *const libc::sockaddr_in6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    socket.send_to(&body, &all_nodes)
 }
 
 #[cfg(test)]

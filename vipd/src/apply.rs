@@ -135,6 +135,23 @@ pub fn reconcile(
     changes
 }
 
+/// The index of `interface`, in the namespace of `handle`'s socket.
+pub async fn interface_index(
+    handle: &rtnetlink::Handle,
+    interface: &str,
+) -> Result<u32, ApplyError> {
+    let mut links = handle
+        .link()
+        .get()
+        .match_name(interface.to_owned())
+        .execute();
+    match links.try_next().await {
+        Ok(Some(link)) => Ok(link.header.index),
+        // The kernel answers ENODEV for an unknown name.
+        Ok(None) | Err(_) => Err(ApplyError::NoInterface(interface.to_owned())),
+    }
+}
+
 /// Interface names by index, in the namespace of `handle`'s socket.
 pub async fn interface_names(
     handle: &rtnetlink::Handle,
@@ -189,36 +206,16 @@ impl NetlinkApplier {
         NetlinkApplier { handle }
     }
 
-    async fn link_index(&self, interface: &str) -> Result<u32, ApplyError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(interface.to_owned())
-            .execute();
-        match links.try_next().await {
-            Ok(Some(link)) => Ok(link.header.index),
-            Ok(None) | Err(_) => Err(ApplyError::NoInterface(interface.to_owned())),
-        }
-    }
-
-    /// Adds or replaces `address` on `interface` with `lifetime` seconds, usable at once (no
-    /// duplicate address detection: ownership is decided by the cluster, not by probing).
-    async fn put(
-        &self,
-        address: IpNet,
-        interface: &str,
-        lifetime: u32,
-        replace: bool,
-    ) -> Result<(), ApplyError> {
-        let index = self.link_index(interface).await?;
+    /// Adds `address` on `interface`, or replaces it if present, with `lifetime` seconds, usable
+    /// at once (no duplicate address detection: ownership is decided by the cluster, not by
+    /// probing). Replacing is what renews the lifetime, and it makes an add idempotent.
+    async fn put(&self, address: IpNet, interface: &str, lifetime: u32) -> Result<(), ApplyError> {
+        let index = interface_index(&self.handle, interface).await?;
         let mut request = self
             .handle
             .address()
-            .add(index, address.addr(), address.prefix_len());
-        if replace {
-            request = request.replace();
-        }
+            .add(index, address.addr(), address.prefix_len())
+            .replace();
         let attributes = &mut request.message_mut().attributes;
         attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         // CacheInfo is non-exhaustive; only the two lifetimes matter on a request.
@@ -274,14 +271,14 @@ impl AddressApplier for NetlinkApplier {
                 address,
                 interface,
                 lifetime,
-            } => self.put(*address, interface, *lifetime, true).await,
-            AddressChange::Renew {
+            }
+            | AddressChange::Renew {
                 address,
                 interface,
                 lifetime,
-            } => self.put(*address, interface, *lifetime, true).await,
+            } => self.put(*address, interface, *lifetime).await,
             AddressChange::Remove { address, interface } => {
-                let index = self.link_index(interface).await?;
+                let index = interface_index(&self.handle, interface).await?;
                 let mut messages = self
                     .handle
                     .address()
