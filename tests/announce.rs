@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use vipd::announce::{Announcer, RawAnnouncer};
-use vipgate::lab::{Lab, LabSpec, netns};
+use vipgate::lab::{Lab, netns};
 
 const LEASE: Duration = Duration::from_secs(10);
 
@@ -31,12 +31,7 @@ fn announcements_move_the_clients_neighbour_entries() {
     if !common::root_or_skip("announcements_move_the_clients_neighbour_entries") {
         return;
     }
-    let lab = Lab::create(&LabSpec {
-        name: Some(common::unique_name("ta")),
-        nodes: 2,
-        clients: 1,
-    })
-    .unwrap();
+    let lab = common::lab("ta", 2, 1);
     let vips: Vec<IpNet> = ["192.0.2.201/24", "2001:db8:0:1::201/64"]
         .iter()
         .map(|v| v.parse().unwrap())

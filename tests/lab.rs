@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use vipgate::lab::{self, Lab, LabSpec, Network, netns, state};
+use vipgate::lab::{self, Lab, Network, netns, state};
 
 const PROBE: Duration = Duration::from_millis(400);
 
@@ -30,12 +30,7 @@ fn hosts_reach_each_other_and_a_cut_node_heals() {
     if !common::root_or_skip("hosts_reach_each_other_and_a_cut_node_heals") {
         return;
     }
-    let lab = Lab::create(&LabSpec {
-        name: Some(common::unique_name("tr")),
-        nodes: 3,
-        clients: 1,
-    })
-    .unwrap();
+    let lab = common::lab("tr", 3, 1);
     let plan = lab.plan().clone();
 
     // Public network: every host reaches every other over IPv4 and IPv6.
@@ -142,12 +137,7 @@ fn teardown_leaves_nothing_behind() {
     if !common::root_or_skip("teardown_leaves_nothing_behind") {
         return;
     }
-    let lab = Lab::create(&LabSpec {
-        name: Some(common::unique_name("tt")),
-        nodes: 2,
-        clients: 1,
-    })
-    .unwrap();
+    let lab = common::lab("tt", 2, 1);
     let name = lab.name().to_owned();
     let namespaces: Vec<String> = lab.plan().namespaces().map(str::to_owned).collect();
     let ports: Vec<String> = lab
@@ -232,12 +222,7 @@ fn two_labs_coexist_and_orphans_are_reaped() {
     )
     .is_ok_and(|r| r.ready)));
     // Same addresses, separate namespaces: a second lab builds and works while the first runs.
-    let second = Lab::create(&LabSpec {
-        name: Some(common::unique_name("ts")),
-        nodes: 1,
-        clients: 1,
-    })
-    .unwrap();
+    let second = common::lab("ts", 1, 1);
     assert!(
         second
             .reaches("client1", second.host("node1").unwrap().public_v4(), PROBE)

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
-use vipgate::lab::{Lab, LabSpec};
+use vipgate::lab::Lab;
 
 const LEASE: Duration = Duration::from_millis(2500);
 const VIPS: [&str; 2] = ["192.0.2.201/24", "2001:db8:0:1::201/64"];
@@ -41,12 +41,7 @@ fn an_unrenewed_vip_is_removed_by_the_kernel() {
     if !common::root_or_skip("an_unrenewed_vip_is_removed_by_the_kernel") {
         return;
     }
-    let lab = Lab::create(&LabSpec {
-        name: Some(common::unique_name("tl")),
-        nodes: 1,
-        clients: 1,
-    })
-    .unwrap();
+    let lab = common::lab("tl", 1, 1);
     let vips = vips();
     let probe = Duration::from_millis(400);
 

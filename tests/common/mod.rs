@@ -44,6 +44,16 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{:05x}", (nanos ^ std::process::id()) & 0xfffff)
 }
 
+/// A fresh lab of `nodes` nodes and `clients` clients, named uniquely from `prefix`.
+pub fn lab(prefix: &str, nodes: usize, clients: usize) -> vipgate::lab::Lab {
+    let spec = vipgate::lab::LabSpec {
+        name: Some(unique_name(prefix)),
+        nodes,
+        clients,
+    };
+    vipgate::lab::Lab::create(&spec).unwrap_or_else(|error| panic!("cannot build a lab: {error}"))
+}
+
 /// Makes `host` of `lab` hold exactly `held` on `pub0` with `lease` left, as the VIP daemon does
 /// on every tick: reconcile against the kernel, then apply. `managed` is the cluster's VIPs.
 pub fn hold(
