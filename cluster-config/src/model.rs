@@ -83,7 +83,12 @@ pub struct Cluster {
     pub secret: SecretSource,
     /// Absolute directory for the Raft log and local state; never inside the volume.
     pub data_dir: PathBuf,
+    /// TCP port of the peer (Raft) transport on every node's cluster address (default 4380).
+    pub port: u16,
 }
+
+/// The default peer port: next to CTDB's 4379, so firewall rules written for it are easy to adapt.
+pub const DEFAULT_PORT: u16 = 4380;
 
 /// The smallest accepted secret, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -368,9 +373,9 @@ pub struct DnsName {
 pub struct Timings {
     /// Raft heartbeat interval (default 100 ms).
     pub heartbeat: Duration,
-    /// Raft election timeout, at least 3 heartbeats (default 1 s).
+    /// Raft election timeout, at least 3 heartbeats (default 500 ms).
     pub election: Duration,
-    /// VIP ownership lease, at least 2 heartbeats (default 2 s).
+    /// VIP ownership lease, at least 1 s plus 2 heartbeats (default 1.5 s).
     pub lease: Duration,
     /// Health probe interval, at most half the lease (default 250 ms).
     pub health_interval: Duration,
@@ -380,8 +385,8 @@ impl Default for Timings {
     fn default() -> Timings {
         Timings {
             heartbeat: Duration::from_millis(100),
-            election: Duration::from_secs(1),
-            lease: Duration::from_secs(2),
+            election: Duration::from_millis(500),
+            lease: Duration::from_millis(1500),
             health_interval: Duration::from_millis(250),
         }
     }

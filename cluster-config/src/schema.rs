@@ -51,6 +51,8 @@ pub(crate) struct RawCluster {
     #[serde(default)]
     pub(crate) secret: Option<String>,
     pub(crate) data_dir: String,
+    #[serde(default)]
+    pub(crate) port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,9 +17,9 @@ use ipnet::IpNet;
 use crate::diagnostic::Diagnostic;
 use crate::duration::{format_duration, parse_duration};
 use crate::model::{
-    Access, ClientMatch, Cluster, ClusterConfig, Dns, DnsName, Export, HandleScheme, MAX_NODES,
-    MIN_SECRET_LEN, Nfs, NfsVersion, Node, NodeId, PublicAddress, SecretSource, Share, Smb, Squash,
-    Timings, Volume,
+    Access, ClientMatch, Cluster, ClusterConfig, DEFAULT_PORT, Dns, DnsName, Export, HandleScheme,
+    MAX_NODES, MIN_SECRET_LEN, Nfs, NfsVersion, Node, NodeId, PublicAddress, SecretSource, Share,
+    Smb, Squash, Timings, Volume,
 };
 use crate::positions::PositionIndex;
 use crate::rules;
@@ -229,6 +229,17 @@ impl Checker<'_> {
             name: name?,
             secret: secret?,
             data_dir: data_dir?,
+            port: match raw.port {
+                Some(0) => {
+                    self.report(
+                        "cluster.port",
+                        "port 0 is not a port a peer can dial".to_owned(),
+                    );
+                    return None;
+                }
+                Some(port) => port,
+                None => DEFAULT_PORT,
+            },
         })
     }
 
@@ -1023,12 +1034,14 @@ impl Checker<'_> {
         let lease_field = ("lease", &raw.lease);
         let mut related_ok = true;
         if let (Some(heartbeat), Some(lease)) = (heartbeat, lease) {
-            if lease < heartbeat.saturating_mul(2) {
+            let minimum = Duration::from_secs(1).saturating_add(heartbeat.saturating_mul(2));
+            if lease < minimum {
                 self.report(
                     &at(lease_field, heartbeat_field),
                     format!(
-                        "lease {} is shorter than two heartbeats (2 × {}); a single late \
-                         heartbeat would cost a node its addresses",
+                        "lease {} is shorter than 1s plus two heartbeats (1s + 2 × {}); the \
+                         kernel counts address lifetimes in whole seconds, so every renewal \
+                         must find at least a second left, with room for a late heartbeat",
                         format_duration(lease),
                         format_duration(heartbeat)
                     ),

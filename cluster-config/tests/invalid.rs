@@ -211,14 +211,14 @@ fn cases() -> Vec<Case> {
             "timings:\n  heartbeat: 500ms\n  election: 1s\n  lease: 900ms\n  health_interval: 1\n",
             &[
                 (15, 13, "timings.election", "election timeout 1s is shorter than three heartbeats (3 × 500ms)"),
-                (16, 10, "timings.lease", "lease 900ms is shorter than two heartbeats (2 × 500ms)"),
+                (16, 10, "timings.lease", "lease 900ms is shorter than 1s plus two heartbeats (1s + 2 × 500ms)"),
                 (17, 20, "timings.health_interval", "\"1\" has no unit; write e.g. 1ms or 1s"),
             ],
         ),
         appended(
             "health interval against a defaulted lease",
             "timings:\n  health_interval: 1500ms\n",
-            &[(14, 20, "timings.health_interval", "health_interval 1500ms is longer than half the lease (1s)")],
+            &[(14, 20, "timings.health_interval", "health_interval 1500ms is longer than half the lease (750ms)")],
         ),
         case(
             "secrets and directories",
@@ -303,7 +303,7 @@ timings:
                 (19, 26, "nfs.exports[0].path", "../data contains '..'"),
                 (21, 9, "dns.zone", "label \"-bad\" starts or ends with -"),
                 (23, 31, "dns.names[0].addresses[0]", "192.0.2.9 is not one of the public_addresses"),
-                (25, 10, "timings.lease", "lease 150ms is shorter than two heartbeats (2 × 100ms)"),
+                (25, 10, "timings.lease", "lease 150ms is shorter than 1s plus two heartbeats (1s + 2 × 100ms)"),
                 (25, 10, "timings.lease", "health_interval 250ms is longer than half the lease (75ms)"),
             ],
         ),

@@ -29,6 +29,7 @@ fn minimal_file_parses_into_the_expected_values() {
             name: "gw1".to_owned(),
             secret: SecretSource::Inline("0123456789abcdef".to_owned()),
             data_dir: PathBuf::from("/var/lib/vipgate"),
+            port: cluster_config::DEFAULT_PORT,
         },
         nodes: vec![Node {
             id: NodeId(0),
@@ -55,8 +56,8 @@ fn minimal_file_parses_into_the_expected_values() {
         dns: None,
         timings: Timings {
             heartbeat: Duration::from_millis(100),
-            election: Duration::from_secs(1),
-            lease: Duration::from_secs(2),
+            election: Duration::from_millis(500),
+            lease: Duration::from_millis(1500),
             health_interval: Duration::from_millis(250),
         },
     };
@@ -176,7 +177,7 @@ nfs:
     - {name: e, path: e, protocols: [4], squash: none, anon_uid: 0}
 smb: {manage: true, shares: [{name: s, path: s, read_only: false, valid_users: [alice, '@staff']}]}
 dns: {zone: z.example, ttl: 1, listen: [192.0.2.1], port: 5353, names: [{name: nfs.site1, addresses: all}]}
-timings: {heartbeat: 50ms, election: 150ms, lease: 100ms, health_interval: 50ms}
+timings: {heartbeat: 50ms, election: 150ms, lease: 1100ms, health_interval: 50ms}
 ";
     let config = parse(text, "cluster.yaml").unwrap();
     assert_eq!(
@@ -221,7 +222,7 @@ timings: {heartbeat: 50ms, election: 150ms, lease: 100ms, health_interval: 50ms}
         dns.names[0].addresses,
         [ip("192.0.2.101"), ip("2001:db8::101")]
     );
-    assert_eq!(config.timings.lease, Duration::from_millis(100));
+    assert_eq!(config.timings.lease, Duration::from_millis(1100));
 }
 
 #[test]
