@@ -3,4 +3,6 @@
 
 pub mod announce;
 pub mod apply;
+pub mod lease;
 pub mod placement;
+pub mod state;

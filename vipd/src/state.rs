@@ -1,0 +1,813 @@
+//! The replicated cluster state: what every node agrees on because it came through the Raft log.
+//!
+//! [`ClusterState::apply`] is the state machine. It is deterministic and does no I/O: every node
+//! applies the same committed [`Command`]s in the same order and reaches the same state. Every
+//! command that changes a VIP or a node's lease generation is *conditional* — it names the epoch
+//! or generation it was decided from and is rejected if the state moved on — so a proposal that
+//! an old leader made, or one that was retried, can never undo a newer decision.
+//!
+//! A VIP goes through these states (each transition bumps its epoch):
+//!
+//! ```text
+//!   Unassigned ──Assign(to)──► Held(owner) ──Release──► Releasing(owner) ──Released(by owner)──► Unassigned
+//!                                  │                          │
+//!                                  └──────Revoke(fenced owner, its generation)──────────────────► Unassigned
+//! ```
+//!
+//! `Release`/`Released` is the planned path: the owner removes the address and says so. `Revoke`
+//! is for an owner that cannot say so: the leader proposes it only after the fenced owner's
+//! lease has surely ended ([`crate::lease`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lease::Pnn;
+
+/// The version of the serialized state (snapshots) and commands.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub cluster_address: IpAddr,
+    /// The lease generation: peers ack only pings of this generation.
+    pub generation: u64,
+    /// The cluster revoked this generation's lease; peers ack nothing until `Unfence`.
+    pub fenced: bool,
+    /// `vipgate disable`: hosts no VIPs until enabled.
+    pub disabled: bool,
+    /// `vipgate ban`: hosts no VIPs until this wall-clock time (Unix milliseconds).
+    pub banned_until_unix_ms: Option<u64>,
+    /// The node's own probes pass (a new member is unhealthy until it says otherwise).
+    pub healthy: bool,
+    /// The probes that fail, with their reasons, as the node reported them.
+    pub failing: Vec<String>,
+}
+
+impl Member {
+    fn new(name: String, cluster_address: IpAddr) -> Member {
+        Member {
+            name,
+            cluster_address,
+            generation: 0,
+            fenced: false,
+            disabled: false,
+            banned_until_unix_ms: None,
+            healthy: false,
+            failing: Vec::new(),
+        }
+    }
+
+    /// Whether a ban is in force at `now_unix_ms`.
+    pub fn banned_at(&self, now_unix_ms: u64) -> bool {
+        self.banned_until_unix_ms
+            .is_some_and(|until| until > now_unix_ms)
+    }
+}
+
+/// Where a VIP stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VipPhase {
+    Unassigned,
+    Held,
+    Releasing,
+}
+
+/// One public address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vip {
+    pub prefix_len: u8,
+    /// The interface the config names, if any (otherwise the owner's first public interface).
+    pub interface: Option<String>,
+    /// The nodes that may hold it.
+    pub eligible: BTreeSet<Pnn>,
+    pub weight: u32,
+    pub owner: Option<Pnn>,
+    pub phase: VipPhase,
+    /// Bumped by every change of owner or phase.
+    pub epoch: u64,
+    /// Still in the configuration; an unconfigured VIP is released and then forgotten.
+    pub configured: bool,
+}
+
+/// A VIP as the configuration describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VipConfig {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    pub interface: Option<String>,
+    pub eligible: BTreeSet<Pnn>,
+    pub weight: u32,
+}
+
+/// A member as the configuration describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberConfig {
+    pub pnn: Pnn,
+    pub name: String,
+    pub cluster_address: IpAddr,
+}
+
+/// A change to the cluster state, proposed through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Command {
+    /// The configuration (members' names and addresses, VIPs) as the proposing leader read it;
+    /// `digest` identifies the file's content so nodes can tell when theirs differs.
+    Configure {
+        digest: String,
+        members: Vec<MemberConfig>,
+        vips: Vec<VipConfig>,
+    },
+    SetHealth {
+        node: Pnn,
+        healthy: bool,
+        failing: Vec<String>,
+    },
+    SetDisabled {
+        node: Pnn,
+        disabled: bool,
+    },
+    /// `until_unix_ms: None` lifts a ban.
+    Ban {
+        node: Pnn,
+        until_unix_ms: Option<u64>,
+    },
+    Fence {
+        node: Pnn,
+        generation: u64,
+    },
+    Unfence {
+        node: Pnn,
+        generation: u64,
+    },
+    Assign {
+        vip: IpAddr,
+        epoch: u64,
+        to: Pnn,
+    },
+    Release {
+        vip: IpAddr,
+        epoch: u64,
+    },
+    Released {
+        vip: IpAddr,
+        epoch: u64,
+        by: Pnn,
+    },
+    Revoke {
+        vip: IpAddr,
+        epoch: u64,
+        from: Pnn,
+        generation: u64,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// The command no longer fits the state (stale epoch or generation, unknown node...).
+    Rejected(String),
+}
+
+/// The replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub members: BTreeMap<Pnn, Member>,
+    pub vips: BTreeMap<IpAddr, Vip>,
+    /// The digest of the configuration last applied.
+    pub config_digest: Option<String>,
+}
+
+fn rejected(reason: String) -> Outcome {
+    Outcome::Rejected(reason)
+}
+
+impl ClusterState {
+    /// Applies one committed command.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        match command {
+            Command::Configure {
+                digest,
+                members,
+                vips,
+            } => {
+                self.configure(members, vips);
+                self.config_digest = Some(digest.clone());
+                Outcome::Applied
+            }
+            Command::SetHealth {
+                node,
+                healthy,
+                failing,
+            } => self.with_member(*node, |member| {
+                member.healthy = *healthy;
+                member.failing.clone_from(failing);
+                Outcome::Applied
+            }),
+            Command::SetDisabled { node, disabled } => self.with_member(*node, |member| {
+                member.disabled = *disabled;
+                Outcome::Applied
+            }),
+            Command::Ban {
+                node,
+                until_unix_ms,
+            } => self.with_member(*node, |member| {
+                member.banned_until_unix_ms = *until_unix_ms;
+                Outcome::Applied
+            }),
+            Command::Fence { node, generation } => self.with_member(*node, |member| {
+                if member.fenced || member.generation != *generation {
+                    return rejected(format!(
+                        "fence of generation {generation}, but the node is at {}{}",
+                        member.generation,
+                        if member.fenced { ", fenced" } else { "" }
+                    ));
+                }
+                member.fenced = true;
+                Outcome::Applied
+            }),
+            Command::Unfence { node, generation } => self.with_member(*node, |member| {
+                if !member.fenced || member.generation != *generation {
+                    return rejected(format!(
+                        "unfence of generation {generation}, but the node is at {}{}",
+                        member.generation,
+                        if member.fenced {
+                            ", fenced"
+                        } else {
+                            ", not fenced"
+                        }
+                    ));
+                }
+                member.fenced = false;
+                member.generation += 1;
+                Outcome::Applied
+            }),
+            Command::Assign { vip, epoch, to } => {
+                let Some(member) = self.members.get(to) else {
+                    return rejected(format!("assign {vip} to unknown node {to}"));
+                };
+                if member.fenced {
+                    return rejected(format!("assign {vip} to fenced node {to}"));
+                }
+                self.transition(*vip, *epoch, |vip_state| {
+                    if vip_state.phase != VipPhase::Unassigned {
+                        return Err("it is not unassigned".to_owned());
+                    }
+                    if !vip_state.configured {
+                        return Err("it is no longer configured".to_owned());
+                    }
+                    if !vip_state.eligible.contains(to) {
+                        return Err(format!("node {to} is not eligible"));
+                    }
+                    vip_state.owner = Some(*to);
+                    vip_state.phase = VipPhase::Held;
+                    Ok(())
+                })
+            }
+            Command::Release { vip, epoch } => self.transition(*vip, *epoch, |vip_state| {
+                if vip_state.phase != VipPhase::Held {
+                    return Err("it is not held".to_owned());
+                }
+                vip_state.phase = VipPhase::Releasing;
+                Ok(())
+            }),
+            Command::Released { vip, epoch, by } => self.transition(*vip, *epoch, |vip_state| {
+                if vip_state.phase != VipPhase::Releasing || vip_state.owner != Some(*by) {
+                    return Err(format!("node {by} is not releasing it"));
+                }
+                vip_state.owner = None;
+                vip_state.phase = VipPhase::Unassigned;
+                Ok(())
+            }),
+            Command::Revoke {
+                vip,
+                epoch,
+                from,
+                generation,
+            } => {
+                let fenced_at = self
+                    .members
+                    .get(from)
+                    .filter(|member| member.fenced)
+                    .map(|member| member.generation);
+                if fenced_at != Some(*generation) {
+                    return rejected(format!(
+                        "revoke {vip} from node {from} at generation {generation}, which is not fenced there"
+                    ));
+                }
+                self.transition(*vip, *epoch, |vip_state| {
+                    if vip_state.owner != Some(*from) {
+                        return Err(format!("node {from} does not own it"));
+                    }
+                    vip_state.owner = None;
+                    vip_state.phase = VipPhase::Unassigned;
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    fn with_member(&mut self, node: Pnn, change: impl FnOnce(&mut Member) -> Outcome) -> Outcome {
+        match self.members.get_mut(&node) {
+            Some(member) => change(member),
+            None => rejected(format!("unknown node {node}")),
+        }
+    }
+
+    /// Applies `change` to `vip` if its epoch is still `epoch`, then bumps the epoch and
+    /// forgets the VIP if it is unconfigured and unassigned.
+    fn transition(
+        &mut self,
+        vip: IpAddr,
+        epoch: u64,
+        change: impl FnOnce(&mut Vip) -> Result<(), String>,
+    ) -> Outcome {
+        let Some(vip_state) = self.vips.get_mut(&vip) else {
+            return rejected(format!("unknown address {vip}"));
+        };
+        if vip_state.epoch != epoch {
+            return rejected(format!(
+                "{vip} is at epoch {}, the command was for {epoch}",
+                vip_state.epoch
+            ));
+        }
+        if let Err(reason) = change(vip_state) {
+            return rejected(format!("{vip}: {reason}"));
+        }
+        vip_state.epoch += 1;
+        if !vip_state.configured && vip_state.phase == VipPhase::Unassigned {
+            self.vips.remove(&vip);
+        }
+        Outcome::Applied
+    }
+
+    /// Members named by the configuration are added or renamed/readdressed (their flags,
+    /// health and generation stay); members are removed only by membership changes. VIPs
+    /// are added, updated, or marked unconfigured (released, then forgotten).
+    fn configure(&mut self, members: &[MemberConfig], vips: &[VipConfig]) {
+        for config in members {
+            match self.members.get_mut(&config.pnn) {
+                Some(member) => {
+                    member.name.clone_from(&config.name);
+                    member.cluster_address = config.cluster_address;
+                }
+                None => {
+                    self.members.insert(
+                        config.pnn,
+                        Member::new(config.name.clone(), config.cluster_address),
+                    );
+                }
+            }
+        }
+        let configured: BTreeSet<IpAddr> = vips.iter().map(|vip| vip.address).collect();
+        self.vips.retain(|address, vip| {
+            vip.configured = configured.contains(address);
+            vip.configured || vip.phase != VipPhase::Unassigned
+        });
+        for config in vips {
+            let vip = self.vips.entry(config.address).or_insert_with(|| Vip {
+                prefix_len: config.prefix_len,
+                interface: None,
+                eligible: BTreeSet::new(),
+                weight: 1,
+                owner: None,
+                phase: VipPhase::Unassigned,
+                epoch: 0,
+                configured: true,
+            });
+            vip.prefix_len = config.prefix_len;
+            vip.interface.clone_from(&config.interface);
+            vip.eligible.clone_from(&config.eligible);
+            vip.weight = config.weight;
+        }
+    }
+
+    /// The VIPs `node` holds (phase `Held`), in address order.
+    pub fn held_by(&self, node: Pnn) -> impl Iterator<Item = (&IpAddr, &Vip)> {
+        self.vips
+            .iter()
+            .filter(move |(_, vip)| vip.owner == Some(node) && vip.phase == VipPhase::Held)
+    }
+
+    /// Serializes the state for a snapshot.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let versioned = Versioned {
+            version: FORMAT_VERSION,
+            state: self.clone(),
+        };
+        serde_json::to_vec(&versioned).unwrap_or_default()
+    }
+
+    /// Reads a snapshot written by [`ClusterState::to_snapshot`]; empty data is the empty state.
+    pub fn from_snapshot(data: &[u8]) -> Result<ClusterState, String> {
+        if data.is_empty() {
+            return Ok(ClusterState::default());
+        }
+        let versioned: Versioned = serde_json::from_slice(data)
+            .map_err(|error| format!("cannot read the state snapshot: {error}"))?;
+        if versioned.version != FORMAT_VERSION {
+            return Err(format!(
+                "the state snapshot has format {}, this vipgate reads {FORMAT_VERSION}",
+                versioned.version
+            ));
+        }
+        Ok(versioned.state)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Versioned {
+    version: u32,
+    state: ClusterState,
+}
+
+/// Encodes a command for a Raft entry.
+pub fn encode_command(command: &Command) -> Vec<u8> {
+    let mut data = FORMAT_VERSION.to_be_bytes().to_vec();
+    // Serializing a plain enum of owned data into a Vec cannot fail.
+    data.extend(serde_json::to_vec(command).unwrap_or_default());
+    data
+}
+
+/// Decodes a Raft entry's command; a bad entry is an error, never a panic.
+pub fn decode_command(data: &[u8]) -> Result<Command, String> {
+    let (version, body) = data
+        .split_first_chunk::<4>()
+        .ok_or_else(|| format!("a command entry of {} bytes is too short", data.len()))?;
+    let version = u32::from_be_bytes(*version);
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "a command entry has format {version}, this vipgate reads {FORMAT_VERSION}"
+        ));
+    }
+    serde_json::from_slice(body).map_err(|error| format!("cannot read a command entry: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn cluster() -> ClusterState {
+        let mut state = ClusterState::default();
+        let members = (0..3)
+            .map(|pnn| MemberConfig {
+                pnn,
+                name: format!("node{}", pnn + 1),
+                cluster_address: ip(&format!("198.51.100.{}", 11 + pnn)),
+            })
+            .collect();
+        let vips = vec![
+            VipConfig {
+                address: ip("192.0.2.101"),
+                prefix_len: 24,
+                interface: None,
+                eligible: [0, 1, 2].into(),
+                weight: 1,
+            },
+            VipConfig {
+                address: ip("192.0.2.102"),
+                prefix_len: 24,
+                interface: Some("eth1".into()),
+                eligible: [1, 2].into(),
+                weight: 2,
+            },
+        ];
+        assert_eq!(
+            state.apply(&Command::Configure {
+                digest: "d1".into(),
+                members,
+                vips
+            }),
+            Outcome::Applied
+        );
+        state
+    }
+
+    fn applied(state: &mut ClusterState, command: Command) {
+        assert_eq!(state.apply(&command), Outcome::Applied, "{command:?}");
+    }
+
+    fn refused(state: &mut ClusterState, command: Command) {
+        let before = state.clone();
+        assert!(
+            matches!(state.apply(&command), Outcome::Rejected(_)),
+            "{command:?} should be rejected"
+        );
+        assert_eq!(*state, before, "a rejected command changes nothing");
+    }
+
+    #[test]
+    fn planned_move_goes_through_release_and_released() {
+        let mut state = cluster();
+        let vip = ip("192.0.2.101");
+        applied(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 0,
+                to: 0,
+            },
+        );
+        assert_eq!(state.held_by(0).count(), 1);
+        // Assigning a held VIP again, or with a stale epoch, is refused.
+        refused(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 1,
+                to: 1,
+            },
+        );
+        refused(&mut state, Command::Release { vip, epoch: 0 });
+        applied(&mut state, Command::Release { vip, epoch: 1 });
+        assert_eq!(state.held_by(0).count(), 0);
+        assert_eq!(state.vips[&vip].owner, Some(0));
+        refused(
+            &mut state,
+            Command::Released {
+                vip,
+                epoch: 2,
+                by: 1,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Released {
+                vip,
+                epoch: 2,
+                by: 0,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 3,
+                to: 1,
+            },
+        );
+        assert_eq!(state.vips[&vip].epoch, 4);
+    }
+
+    #[test]
+    fn assign_respects_eligibility_and_fencing() {
+        let mut state = cluster();
+        let vip = ip("192.0.2.102");
+        refused(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 0,
+                to: 0,
+            },
+        );
+        refused(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 0,
+                to: 9,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Fence {
+                node: 1,
+                generation: 0,
+            },
+        );
+        refused(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 0,
+                to: 1,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 0,
+                to: 2,
+            },
+        );
+    }
+
+    #[test]
+    fn revoke_needs_the_owner_fenced_at_that_generation() {
+        let mut state = cluster();
+        let vip = ip("192.0.2.101");
+        applied(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 0,
+                to: 0,
+            },
+        );
+        refused(
+            &mut state,
+            Command::Revoke {
+                vip,
+                epoch: 1,
+                from: 0,
+                generation: 0,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Fence {
+                node: 0,
+                generation: 0,
+            },
+        );
+        refused(
+            &mut state,
+            Command::Fence {
+                node: 0,
+                generation: 0,
+            },
+        );
+        refused(
+            &mut state,
+            Command::Revoke {
+                vip,
+                epoch: 1,
+                from: 0,
+                generation: 1,
+            },
+        );
+        // A revoke decided before an unfence is stale afterwards.
+        let mut unfenced = state.clone();
+        applied(
+            &mut unfenced,
+            Command::Unfence {
+                node: 0,
+                generation: 0,
+            },
+        );
+        assert_eq!(unfenced.members[&0].generation, 1);
+        refused(
+            &mut unfenced,
+            Command::Revoke {
+                vip,
+                epoch: 1,
+                from: 0,
+                generation: 0,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Revoke {
+                vip,
+                epoch: 1,
+                from: 0,
+                generation: 0,
+            },
+        );
+        assert_eq!(state.vips[&vip].owner, None);
+        refused(
+            &mut state,
+            Command::Unfence {
+                node: 0,
+                generation: 1,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Unfence {
+                node: 0,
+                generation: 0,
+            },
+        );
+    }
+
+    #[test]
+    fn unconfigured_vips_are_forgotten_once_released() {
+        let mut state = cluster();
+        let kept = ip("192.0.2.101");
+        let dropped = ip("192.0.2.102");
+        applied(
+            &mut state,
+            Command::Assign {
+                vip: dropped,
+                epoch: 0,
+                to: 1,
+            },
+        );
+        let vips = vec![VipConfig {
+            address: kept,
+            prefix_len: 24,
+            interface: None,
+            eligible: [0].into(),
+            weight: 3,
+        }];
+        applied(
+            &mut state,
+            Command::Configure {
+                digest: "d2".into(),
+                members: vec![],
+                vips,
+            },
+        );
+        assert_eq!(state.vips[&kept].eligible, [0].into());
+        assert_eq!(state.vips[&kept].weight, 3);
+        assert!(!state.vips[&dropped].configured);
+        assert_eq!(state.members.len(), 3, "configure never removes members");
+        applied(
+            &mut state,
+            Command::Release {
+                vip: dropped,
+                epoch: 1,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Released {
+                vip: dropped,
+                epoch: 2,
+                by: 1,
+            },
+        );
+        assert!(!state.vips.contains_key(&dropped));
+    }
+
+    #[test]
+    fn flags_and_health() {
+        let mut state = cluster();
+        applied(
+            &mut state,
+            Command::SetHealth {
+                node: 2,
+                healthy: true,
+                failing: vec![],
+            },
+        );
+        applied(
+            &mut state,
+            Command::SetDisabled {
+                node: 2,
+                disabled: true,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Ban {
+                node: 2,
+                until_unix_ms: Some(5000),
+            },
+        );
+        let member = &state.members[&2];
+        assert!(member.healthy && member.disabled);
+        assert!(member.banned_at(4999) && !member.banned_at(5000));
+        refused(
+            &mut state,
+            Command::SetDisabled {
+                node: 7,
+                disabled: true,
+            },
+        );
+    }
+
+    #[test]
+    fn commands_and_snapshots_round_trip_and_bad_bytes_are_errors() {
+        let mut state = cluster();
+        applied(
+            &mut state,
+            Command::Assign {
+                vip: ip("192.0.2.101"),
+                epoch: 0,
+                to: 2,
+            },
+        );
+        let read = ClusterState::from_snapshot(&state.to_snapshot()).unwrap();
+        assert_eq!(read, state);
+        assert_eq!(
+            ClusterState::from_snapshot(&[]).unwrap(),
+            ClusterState::default()
+        );
+        let command = Command::Fence {
+            node: 1,
+            generation: 4,
+        };
+        assert_eq!(decode_command(&encode_command(&command)).unwrap(), command);
+        for bad in [
+            &b""[..],
+            b"\x00\x00",
+            b"\x00\x00\x00\x09{}",
+            b"\x00\x00\x00\x01{nope",
+        ] {
+            assert!(decode_command(bad).is_err(), "{bad:?}");
+        }
+        assert!(ClusterState::from_snapshot(b"{\"version\":9,\"state\":{}}").is_err());
+    }
+}
