@@ -3,6 +3,9 @@
 
 pub mod announce;
 pub mod apply;
+pub mod leader;
 pub mod lease;
+pub mod node;
 pub mod placement;
 pub mod state;
+pub mod storage;

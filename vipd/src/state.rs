@@ -91,6 +91,8 @@ pub struct Vip {
     pub epoch: u64,
     /// Still in the configuration; an unconfigured VIP is released and then forgotten.
     pub configured: bool,
+    /// Where an operator asked it to go (`vipgate moveip`); cleared when it is assigned.
+    pub preferred: Option<Pnn>,
 }
 
 /// A VIP as the configuration describes it.
@@ -148,9 +150,11 @@ pub enum Command {
         epoch: u64,
         to: Pnn,
     },
+    /// `to`: the node an operator moves it to, if any.
     Release {
         vip: IpAddr,
         epoch: u64,
+        to: Option<Pnn>,
     },
     Released {
         vip: IpAddr,
@@ -265,14 +269,16 @@ impl ClusterState {
                     }
                     vip_state.owner = Some(*to);
                     vip_state.phase = VipPhase::Held;
+                    vip_state.preferred = None;
                     Ok(())
                 })
             }
-            Command::Release { vip, epoch } => self.transition(*vip, *epoch, |vip_state| {
+            Command::Release { vip, epoch, to } => self.transition(*vip, *epoch, |vip_state| {
                 if vip_state.phase != VipPhase::Held {
                     return Err("it is not held".to_owned());
                 }
                 vip_state.phase = VipPhase::Releasing;
+                vip_state.preferred = *to;
                 Ok(())
             }),
             Command::Released { vip, epoch, by } => self.transition(*vip, *epoch, |vip_state| {
@@ -378,6 +384,7 @@ impl ClusterState {
                 phase: VipPhase::Unassigned,
                 epoch: 0,
                 configured: true,
+                preferred: None,
             });
             vip.prefix_len = config.prefix_len;
             vip.interface.clone_from(&config.interface);
@@ -526,8 +533,22 @@ mod tests {
                 to: 1,
             },
         );
-        refused(&mut state, Command::Release { vip, epoch: 0 });
-        applied(&mut state, Command::Release { vip, epoch: 1 });
+        refused(
+            &mut state,
+            Command::Release {
+                vip,
+                epoch: 0,
+                to: None,
+            },
+        );
+        applied(
+            &mut state,
+            Command::Release {
+                vip,
+                epoch: 1,
+                to: None,
+            },
+        );
         assert_eq!(state.held_by(0).count(), 0);
         assert_eq!(state.vips[&vip].owner, Some(0));
         refused(
@@ -728,6 +749,7 @@ mod tests {
             Command::Release {
                 vip: dropped,
                 epoch: 1,
+                to: None,
             },
         );
         applied(

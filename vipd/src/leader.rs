@@ -1,0 +1,483 @@
+//! The leader's decisions (pure): from the applied state and what this node has observed, the
+//! commands that move the cluster toward where it should be.
+//!
+//! [`decide`] is called on every tick of the Raft leader. It is idempotent — the commands are
+//! conditional on epochs and generations, so deciding the same thing twice is harmless — and it
+//! never reassigns a VIP whose owner might still hold it: a silent owner is fenced first, and its
+//! VIPs are revoked only once [`crate::lease::FenceTracker`] says its lease has surely ended.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::lease::Pnn;
+use crate::placement::{self, ClusterView, NodeId, NodeState, VipId, VipSpec};
+use crate::state::{ClusterState, Command, VipPhase};
+
+/// Lengths the leader's decisions use, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderSettings {
+    /// A node not heard from for this long is fenced.
+    pub disconnect_after_ms: u64,
+    /// A fenced node heard from continuously for this long is unfenced.
+    pub unfence_after_ms: u64,
+    /// An owner that has not finished a release after this long is fenced.
+    pub release_timeout_ms: u64,
+    /// How long a node that (re)became available waits before rebalancing gives it VIPs.
+    pub hold_down_ms: u64,
+}
+
+/// What this node has observed, on its own clock.
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    pub now_ms: u64,
+    pub now_unix_ms: u64,
+    /// The leader itself.
+    pub me: Pnn,
+    /// The voters of the applied Raft configuration.
+    pub voters: BTreeSet<Pnn>,
+    /// When each peer was last heard from.
+    pub last_heard_ms: BTreeMap<Pnn, u64>,
+    /// Since when each peer has been heard from without a gap longer than the disconnect time.
+    pub connected_since_ms: BTreeMap<Pnn, u64>,
+    /// When each node last became able to host VIPs.
+    pub available_since_ms: BTreeMap<Pnn, u64>,
+    /// When this node first saw each VIP (by address and epoch) in the releasing phase.
+    pub releasing_since_ms: BTreeMap<(IpAddr, u64), u64>,
+    /// For fenced nodes (by generation): when their lease has surely ended, if known.
+    pub fence_safe_at_ms: BTreeMap<(Pnn, u64), u64>,
+}
+
+impl Observations {
+    /// Whether `node` counts as connected now.
+    pub fn connected(&self, node: Pnn, settings: &LeaderSettings) -> bool {
+        node == self.me
+            || self.last_heard_ms.get(&node).is_some_and(|heard| {
+                self.now_ms.saturating_sub(*heard) < settings.disconnect_after_ms
+            })
+    }
+}
+
+/// Whether `node` may host VIPs according to the state and the observations.
+pub fn may_host(
+    state: &ClusterState,
+    observed: &Observations,
+    settings: &LeaderSettings,
+    node: Pnn,
+) -> bool {
+    node_state(state, observed, settings, node).is_some_and(|node| node.may_host())
+}
+
+fn node_state(
+    state: &ClusterState,
+    observed: &Observations,
+    settings: &LeaderSettings,
+    node: Pnn,
+) -> Option<NodeState> {
+    let member = state.members.get(&node)?;
+    Some(NodeState {
+        healthy: member.healthy,
+        connected: !member.fenced && observed.connected(node, settings),
+        disabled: member.disabled,
+        banned: member.banned_at(observed.now_unix_ms),
+        available_since_ms: observed.available_since_ms.get(&node).copied().unwrap_or(0),
+    })
+}
+
+/// The commands the leader should propose now.
+pub fn decide(
+    state: &ClusterState,
+    observed: &Observations,
+    settings: &LeaderSettings,
+) -> Vec<Command> {
+    let mut commands = Vec::new();
+    let now = observed.now_ms;
+
+    // Fence silent nodes and owners stuck in a release; unfence nodes that are back.
+    for (&pnn, member) in &state.members {
+        if pnn == observed.me {
+            continue;
+        }
+        let connected = observed.connected(pnn, settings);
+        let stuck_release = state.vips.iter().any(|(address, vip)| {
+            vip.owner == Some(pnn)
+                && vip.phase == VipPhase::Releasing
+                && observed
+                    .releasing_since_ms
+                    .get(&(*address, vip.epoch))
+                    .is_some_and(|since| now.saturating_sub(*since) >= settings.release_timeout_ms)
+        });
+        if !member.fenced && (!connected || stuck_release) {
+            commands.push(Command::Fence {
+                node: pnn,
+                generation: member.generation,
+            });
+        } else if member.fenced
+            && connected
+            && observed
+                .connected_since_ms
+                .get(&pnn)
+                .is_some_and(|since| now.saturating_sub(*since) >= settings.unfence_after_ms)
+        {
+            commands.push(Command::Unfence {
+                node: pnn,
+                generation: member.generation,
+            });
+        }
+    }
+
+    // Revoke what fenced owners held, once their lease has surely ended.
+    for (&address, vip) in &state.vips {
+        let Some(owner) = vip.owner else { continue };
+        let Some(member) = state.members.get(&owner) else {
+            continue;
+        };
+        if member.fenced
+            && observed
+                .fence_safe_at_ms
+                .get(&(owner, member.generation))
+                .is_some_and(|safe_at| *safe_at <= now)
+        {
+            commands.push(Command::Revoke {
+                vip: address,
+                epoch: vip.epoch,
+                from: owner,
+                generation: member.generation,
+            });
+        }
+    }
+
+    // An operator's move (`moveip`) goes where it was sent if that node may take it.
+    let mut preassigned = BTreeSet::new();
+    for (&address, vip) in &state.vips {
+        if let (VipPhase::Unassigned, Some(to)) = (vip.phase, vip.preferred) {
+            if vip.configured
+                && vip.eligible.contains(&to)
+                && may_host(state, observed, settings, to)
+            {
+                preassigned.insert(address);
+                commands.push(Command::Assign {
+                    vip: address,
+                    epoch: vip.epoch,
+                    to,
+                });
+            }
+        }
+    }
+
+    // Place: release what should move from a live owner; assign what is unassigned.
+    let addresses: Vec<IpAddr> = state.vips.keys().copied().collect();
+    let vip_id = |index: usize| VipId(u32::try_from(index).unwrap_or(u32::MAX));
+    let mut view = ClusterView {
+        now_ms: now,
+        hold_down_ms: settings.hold_down_ms,
+        ..ClusterView::default()
+    };
+    for &pnn in state.members.keys() {
+        if let Some(node) = node_state(state, observed, settings, pnn) {
+            view.nodes.insert(NodeId(pnn), node);
+        }
+    }
+    let mut owners = BTreeMap::new();
+    for (index, address) in addresses.iter().enumerate() {
+        let vip = &state.vips[address];
+        if vip.configured {
+            view.vips.insert(
+                vip_id(index),
+                VipSpec {
+                    eligible: Some(vip.eligible.iter().map(|pnn| NodeId(*pnn)).collect()),
+                    weight: vip.weight,
+                },
+            );
+        }
+        if let Some(owner) = vip.owner {
+            owners.insert(vip_id(index), NodeId(owner));
+        }
+    }
+    let placement = placement::place(&view, &owners);
+    for placed in &placement.moves {
+        let Some(address) = usize::try_from(placed.vip.0)
+            .ok()
+            .and_then(|index| addresses.get(index))
+        else {
+            continue;
+        };
+        if preassigned.contains(address) {
+            continue;
+        }
+        let vip = &state.vips[address];
+        match (vip.owner, vip.phase) {
+            // In flight; or a silent owner, whose fence and revoke come first.
+            (_, VipPhase::Releasing) => {}
+            (Some(owner), _)
+                if !observed.connected(owner, settings)
+                    || state.members.get(&owner).is_none_or(|member| member.fenced) => {}
+            (Some(_), _) => commands.push(Command::Release {
+                vip: *address,
+                epoch: vip.epoch,
+                to: None,
+            }),
+            (None, _) => {
+                if let Some(NodeId(to)) = placed.to {
+                    commands.push(Command::Assign {
+                        vip: *address,
+                        epoch: vip.epoch,
+                        to,
+                    });
+                }
+            }
+        }
+    }
+    commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{MemberConfig, VipConfig};
+
+    const SETTINGS: LeaderSettings = LeaderSettings {
+        disconnect_after_ms: 500,
+        unfence_after_ms: 300,
+        release_timeout_ms: 3000,
+        hold_down_ms: 10_000,
+    };
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
+    /// Three healthy members and `vips` VIPs open to all, as configured and applied.
+    fn cluster(vips: u8) -> ClusterState {
+        let mut state = ClusterState::default();
+        let members = (0..3)
+            .map(|pnn| MemberConfig {
+                pnn,
+                name: format!("node{}", pnn + 1),
+                cluster_address: IpAddr::from([198, 51, 100, 11 + u8::try_from(pnn).unwrap()]),
+            })
+            .collect();
+        let vips = (0..vips)
+            .map(|index| VipConfig {
+                address: ip(101 + index),
+                prefix_len: 24,
+                interface: None,
+                eligible: [0, 1, 2].into(),
+                weight: 1,
+            })
+            .collect();
+        state.apply(&Command::Configure {
+            digest: "d".into(),
+            members,
+            vips,
+        });
+        for node in 0..3 {
+            state.apply(&Command::SetHealth {
+                node,
+                healthy: true,
+                failing: vec![],
+            });
+        }
+        state
+    }
+
+    fn observed(now_ms: u64) -> Observations {
+        Observations {
+            now_ms,
+            now_unix_ms: 1_000_000,
+            me: 0,
+            voters: [0, 1, 2].into(),
+            last_heard_ms: [(1, now_ms), (2, now_ms)].into(),
+            connected_since_ms: [(1, 0), (2, 0)].into(),
+            ..Observations::default()
+        }
+    }
+
+    fn apply_all(state: &mut ClusterState, commands: &[Command]) {
+        for command in commands {
+            state.apply(command);
+        }
+    }
+
+    #[test]
+    fn a_fresh_cluster_assigns_every_vip_balanced() {
+        let mut state = cluster(4);
+        let commands = decide(&state, &observed(20_000), &SETTINGS);
+        assert_eq!(commands.len(), 4, "{commands:?}");
+        assert!(commands.iter().all(|c| matches!(c, Command::Assign { .. })));
+        apply_all(&mut state, &commands);
+        let mut loads = [0; 3];
+        for vip in state.vips.values() {
+            loads[vip.owner.unwrap() as usize] += 1;
+        }
+        loads.sort_unstable();
+        assert_eq!(loads, [1, 1, 2]);
+        assert!(
+            decide(&state, &observed(20_000), &SETTINGS).is_empty(),
+            "stable"
+        );
+    }
+
+    #[test]
+    fn a_silent_node_is_fenced_and_revoked_only_when_safe() {
+        let mut state = cluster(3);
+        let initial = decide(&state, &observed(20_000), &SETTINGS);
+        apply_all(&mut state, &initial);
+        let mut seen = observed(21_000);
+        seen.last_heard_ms.insert(2, 20_400);
+        let fence = decide(&state, &seen, &SETTINGS);
+        assert_eq!(
+            fence,
+            [Command::Fence {
+                node: 2,
+                generation: 0
+            }]
+        );
+        apply_all(&mut state, &fence);
+        // Fenced, but nobody knows when its lease ends: its VIP stays put (no assign elsewhere).
+        let held_by_2: Vec<IpAddr> = state.held_by(2).map(|(a, _)| *a).collect();
+        assert_eq!(held_by_2.len(), 1);
+        assert!(decide(&state, &seen, &SETTINGS).is_empty());
+        seen.fence_safe_at_ms.insert((2, 0), 22_000);
+        assert!(decide(&state, &seen, &SETTINGS).is_empty(), "not yet safe");
+        seen.now_ms = 22_000;
+        seen.last_heard_ms.insert(1, 22_000);
+        let revoke = decide(&state, &seen, &SETTINGS);
+        assert_eq!(
+            revoke,
+            [Command::Revoke {
+                vip: held_by_2[0],
+                epoch: 1,
+                from: 2,
+                generation: 0
+            }]
+        );
+        apply_all(&mut state, &revoke);
+        let assign = decide(&state, &seen, &SETTINGS);
+        assert!(
+            matches!(assign[..], [Command::Assign { to, .. }] if to != 2),
+            "{assign:?}"
+        );
+    }
+
+    #[test]
+    fn a_node_that_comes_back_is_unfenced_after_a_steady_spell() {
+        let mut state = cluster(1);
+        state.apply(&Command::Fence {
+            node: 1,
+            generation: 0,
+        });
+        let mut seen = observed(5_000);
+        seen.connected_since_ms.insert(1, 4_800);
+        assert!(
+            !decide(&state, &seen, &SETTINGS).contains(&Command::Unfence {
+                node: 1,
+                generation: 0
+            })
+        );
+        seen.connected_since_ms.insert(1, 4_700);
+        assert!(
+            decide(&state, &seen, &SETTINGS).contains(&Command::Unfence {
+                node: 1,
+                generation: 0
+            })
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_owner_releases_and_a_stuck_release_is_fenced() {
+        let mut state = cluster(3);
+        let initial = decide(&state, &observed(20_000), &SETTINGS);
+        apply_all(&mut state, &initial);
+        let (address, vip) = state
+            .held_by(1)
+            .next()
+            .map(|(a, v)| (*a, v.clone()))
+            .unwrap();
+        state.apply(&Command::SetHealth {
+            node: 1,
+            healthy: false,
+            failing: vec!["volume".into()],
+        });
+        let release = decide(&state, &observed(20_100), &SETTINGS);
+        assert_eq!(
+            release,
+            [Command::Release {
+                vip: address,
+                epoch: vip.epoch,
+                to: None
+            }]
+        );
+        apply_all(&mut state, &release);
+        let mut seen = observed(20_200);
+        seen.releasing_since_ms
+            .insert((address, vip.epoch + 1), 20_200);
+        assert!(
+            decide(&state, &seen, &SETTINGS).is_empty(),
+            "release in flight"
+        );
+        seen.now_ms = 23_200;
+        seen.last_heard_ms = [(1, 23_200), (2, 23_200)].into();
+        assert_eq!(
+            decide(&state, &seen, &SETTINGS),
+            [Command::Fence {
+                node: 1,
+                generation: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn a_moved_vip_goes_where_the_operator_sent_it() {
+        let mut state = cluster(3);
+        let initial = decide(&state, &observed(20_000), &SETTINGS);
+        apply_all(&mut state, &initial);
+        let (address, vip) = state
+            .held_by(0)
+            .next()
+            .map(|(a, v)| (*a, v.clone()))
+            .unwrap();
+        state.apply(&Command::Release {
+            vip: address,
+            epoch: vip.epoch,
+            to: Some(2),
+        });
+        state.apply(&Command::Released {
+            vip: address,
+            epoch: vip.epoch + 1,
+            by: 0,
+        });
+        let commands = decide(&state, &observed(20_100), &SETTINGS);
+        assert_eq!(
+            commands,
+            [Command::Assign {
+                vip: address,
+                epoch: vip.epoch + 2,
+                to: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn disabled_and_banned_nodes_give_up_their_vips() {
+        for command in [
+            Command::SetDisabled {
+                node: 2,
+                disabled: true,
+            },
+            Command::Ban {
+                node: 2,
+                until_unix_ms: Some(2_000_000),
+            },
+        ] {
+            let mut state = cluster(3);
+            let initial = decide(&state, &observed(20_000), &SETTINGS);
+            apply_all(&mut state, &initial);
+            state.apply(&command);
+            let commands = decide(&state, &observed(20_100), &SETTINGS);
+            assert!(
+                matches!(commands[..], [Command::Release { .. }]),
+                "{command:?}: {commands:?}"
+            );
+        }
+    }
+}
