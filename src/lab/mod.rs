@@ -13,6 +13,7 @@
 //! processes by pid (and start time), then kills whatever else still runs inside the lab's
 //! namespaces, then deletes the namespaces, which frees every interface in them.
 
+pub mod cluster;
 pub mod netns;
 pub mod plan;
 pub mod state;
@@ -337,19 +338,41 @@ impl Lab {
             netns::open(&host.netns).context(|| format!("cannot enter host {}", host.name))?;
         let etc = self.host_dir(&host.name).join("etc");
         // A bind needs an existing target; a machine without /etc/resolv.conf simply keeps none.
-        let binds: Vec<(CString, CString)> = ["hosts", "resolv.conf"]
+        let mut mounts: Vec<(PathBuf, PathBuf)> = ["hosts", "resolv.conf"]
             .iter()
             .filter(|file| std::path::Path::new("/etc").join(file).exists())
-            .filter_map(|file| {
-                let source = CString::new(etc.join(file).as_os_str().as_bytes()).ok()?;
-                let target = CString::new(format!("/etc/{file}")).ok()?;
-                Some((source, target))
-            })
+            .map(|file| (etc.join(file), PathBuf::from("/etc").join(file)))
             .collect();
         let mut command = Command::new(program);
         command
             .env("VIPGATE_LAB", self.name())
             .env("VIPGATE_LAB_HOST", &host.name);
+        // Inside a node of a lab running a cluster, `vipgate` finds that node's daemon, file
+        // and data without options, and the shared volume is mounted.
+        if host.role == Role::Node && cluster::config_path(self.name()).exists() {
+            command
+                .env("VIPGATE_CONFIG", cluster::config_path(self.name()))
+                .env(
+                    "VIPGATE_SOCKET",
+                    cluster::socket_path(self.name(), &host.name),
+                )
+                .env(
+                    "VIPGATE_DATA_DIR",
+                    cluster::data_dir(self.name(), &host.name),
+                );
+            mounts.push((
+                cluster::volume_source(self.name()),
+                cluster::volume_mount(self.name()),
+            ));
+        }
+        let binds: Vec<(CString, CString)> = mounts
+            .iter()
+            .filter_map(|(source, target)| {
+                let source = CString::new(source.as_os_str().as_bytes()).ok()?;
+                let target = CString::new(target.as_os_str().as_bytes()).ok()?;
+                Some((source, target))
+            })
+            .collect();
         if let Some(path) = path_with_own_directory() {
             command.env("PATH", path);
         }
@@ -381,6 +404,52 @@ impl Lab {
             state::save(&record).context(|| format!("cannot record lab {}", self.name()))?;
         }
         Ok(child)
+    }
+
+    /// Writes the lab's cluster file (every node, the VIPs of [`cluster::VIPS`], the shared
+    /// volume) and starts `vipgate` (the binary at `vipgate`) as `node` on every node host.
+    pub fn start_cluster(&self, vipgate: &std::path::Path) -> Result<(), LabError> {
+        let name = self.name().to_owned();
+        let secret = random_secret().context(|| "cannot make a cluster secret".to_owned())?;
+        for dir in [cluster::volume_source(&name), cluster::volume_mount(&name)] {
+            std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let text = cluster::cluster_file(&self.plan, &secret, &cluster::volume_mount(&name));
+        let path = cluster::config_path(&name);
+        write_private(&path, &text).context(|| format!("cannot write {}", path.display()))?;
+        let nodes: Vec<String> = self
+            .plan
+            .hosts_of(Role::Node)
+            .map(|host| host.name.clone())
+            .collect();
+        for host in nodes {
+            self.start_node(&host, vipgate)?;
+        }
+        Ok(())
+    }
+
+    /// Starts `vipgate node` on `host` (again, after a kill), logging to its `node.log`.
+    pub fn start_node(&self, host: &str, vipgate: &std::path::Path) -> Result<Child, LabError> {
+        let name = self.name().to_owned();
+        let log_path = cluster::log_path(&name, host);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .and_then(|log| Ok((log.try_clone()?, log)))
+            .context(|| format!("cannot open {}", log_path.display()))?;
+        let (log, log_err) = log;
+        let mut command = self.command(host, vipgate)?;
+        command
+            .args(["node", "--name", host])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        self.spawn(host, command)
     }
 
     /// Cuts `host` off `networks` by unplugging its switch ports from their bridges. The host's
@@ -705,4 +774,25 @@ pub fn list() -> Vec<LabRecord> {
         .iter()
         .filter_map(|name| state::load(name).ok())
         .collect()
+}
+
+/// A fresh random cluster secret (32 hex digits) from the kernel's generator.
+fn random_secret() -> io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Writes `text` to `path` readable by root only (the file holds the cluster secret).
+fn write_private(path: &std::path::Path, text: &str) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(text.as_bytes())
 }
