@@ -3,4 +3,5 @@
 
 pub mod announce;
 pub mod apply;
+pub mod control;
 pub mod placement;
