@@ -3,7 +3,9 @@
 //! logging and maps results to exit codes.
 
 mod config_cmd;
+mod ctl_cmd;
 mod demo_cmd;
+mod node_cmd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -26,9 +28,10 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    /// More log output (-d info, -dd debug, -ddd trace); RUST_LOG overrides.
+    // Not `-v`: that is `ip -v`, as in ctdb, whose own debug level is `-d` too.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
+    debug: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,22 +43,20 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// Run an isolated multi-node lab on this machine (needs root).
     Demo(demo_cmd::DemoArgs),
+    #[command(flatten)]
+    Control(ctl_cmd::ControlCommand),
 }
 
 /// Global options every subcommand may use.
 #[derive(Debug, Clone)]
 pub struct Globals {
-    #[allow(
-        dead_code,
-        reason = "the control socket is used by the node commands of issue #3"
-    )]
     pub socket: PathBuf,
     pub json: bool,
 }
 
 /// Logs to stderr: colours and terse layout on a terminal, plain text otherwise.
-fn init_tracing(verbose: u8) {
-    let default_level = match verbose {
+fn init_tracing(debug: u8) {
+    let default_level = match debug {
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -85,7 +86,7 @@ fn restore_default_sigpipe() {
 fn main() -> ExitCode {
     restore_default_sigpipe();
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.debug);
     let globals = Globals {
         socket: cli.socket,
         json: cli.json,
@@ -93,6 +94,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Config(command) => config_cmd::run(command, &globals),
         Command::Demo(args) => demo_cmd::run(args, &globals),
+        Command::Control(command) => ctl_cmd::run(command, &globals),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 pub mod announce;
 pub mod apply;
+pub mod control;
 pub mod leader;
 pub mod lease;
 pub mod node;
