@@ -107,6 +107,8 @@ fn settings(pnn: Pnn) -> NodeSettings {
     // Deterministic, distinct election timeouts.
     let base = settings.election_ticks + 3 * pnn as usize;
     settings.election_range = Some((base, base + 1));
+    // Compact often, so that snapshots are taken, restored and sent to lagging nodes.
+    settings.compact_every = 64;
     settings
 }
 
