@@ -3,4 +3,6 @@
 
 pub mod announce;
 pub mod apply;
+pub mod health;
 pub mod placement;
+pub mod tickle;
