@@ -4,9 +4,11 @@
 pub mod announce;
 pub mod apply;
 pub mod control;
+pub mod health;
 pub mod leader;
 pub mod lease;
 pub mod node;
 pub mod placement;
 pub mod state;
 pub mod storage;
+pub mod tickle;
