@@ -4,6 +4,7 @@
 
 mod config_cmd;
 mod demo_cmd;
+mod nfs_cmd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// Run an isolated multi-node lab on this machine (needs root).
     Demo(demo_cmd::DemoArgs),
+    /// Serve the cluster file's NFS exports from this machine until SIGTERM/SIGINT.
+    Nfs(nfs_cmd::NfsArgs),
 }
 
 /// Global options every subcommand may use.
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Config(command) => config_cmd::run(command, &globals),
         Command::Demo(args) => demo_cmd::run(args, &globals),
+        Command::Nfs(args) => nfs_cmd::run(args, &globals),
     };
     match result {
         Ok(code) => code,
