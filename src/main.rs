@@ -6,6 +6,7 @@ mod config_cmd;
 mod ctl_cmd;
 mod demo_cmd;
 mod node_cmd;
+mod nfs_cmd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
     #[command(flatten)]
     Control(ctl_cmd::ControlCommand),
+    /// Serve the cluster file's NFS exports from this machine until SIGTERM/SIGINT.
+    Nfs(nfs_cmd::NfsArgs),
 }
 
 /// Global options every subcommand may use.
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
         Command::Config(command) => config_cmd::run(command, &globals),
         Command::Demo(args) => demo_cmd::run(args, &globals),
         Command::Control(command) => ctl_cmd::run(command, &globals),
+        Command::Nfs(args) => nfs_cmd::run(args, &globals),
     };
     match result {
         Ok(code) => code,

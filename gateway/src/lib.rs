@@ -1,8 +1,8 @@
-//! The NFS side of a vipgate node: an ONC-RPC core, portmap, MOUNT, NFSv3 and NFSv4 serving the
-//! node's local mount of the replicated volume (see `ARCHITECTURE.md`).
+//! The NFS side of a vipgate node: an ONC-RPC core, portmap, MOUNT and NFSv3 serving the node's
+//! local mount of the replicated volume (see `ARCHITECTURE.md`). NFSv4 comes later on the same
+//! core.
 //!
-//! Nothing is served from here yet (the NFSv3 gateway is issue #4). What exists is the pure,
-//! I/O-free wire layer of the ONC-RPC core, on which every program will be served:
+//! The wire layer is pure and I/O-free:
 //!
 //! * [`xdr`] — XDR (RFC 4506) decoding and encoding, zero-copy and with every wire length
 //!   bounded by a caller's maximum and by the bytes remaining before anything is allocated.
@@ -13,18 +13,39 @@
 //! * [`dispatch`] — the program/version/procedure table and the decision between running a
 //!   procedure and answering AUTH_ERROR, PROG_UNAVAIL, PROG_MISMATCH or PROC_UNAVAIL.
 //!
-//! A connection task will drive them in this order for every chunk read from the socket:
+//! On it sit the programs ([`portmap`], [`mount`], [`nfs3`]), the policy and safety pieces
+//! ([`export`] client lists and squash, [`handle`] failover-safe handles, [`creds`] per-thread
+//! credentials, [`sys`] the system calls), the [`service::Service`] that holds the open exports
+//! and runs calls, and [`server`], the tokio loop. A connection task drives them in this order
+//! for every chunk read from the socket:
 //!
 //! 1. feed the bytes to [`record::RecordDecoder::decode`] until it yields no more records
 //!    (an error closes the connection);
 //! 2. [`rpc::classify`] each record: drop it, send the error reply, or go on with the call;
-//! 3. [`dispatch::dispatch`] the call against the registered programs: send the rejection, or
-//!    run the procedure on the arguments at `args_offset`, answering GARBAGE_ARGS if they do
-//!    not decode;
-//! 4. build the reply with [`rpc::ReplyHeader::encode`] followed by the results, and frame it
-//!    with [`record::encode_record`].
+//! 3. [`dispatch::dispatch`] the call against [`service::PROGRAMS`]: send the rejection, or
+//!    run the procedure with [`service::Service::handle`] (on the blocking pool unless
+//!    [`service::Service::is_inline`]), which decodes the arguments at `args_offset` (GARBAGE_ARGS
+//!    if they do not decode) and returns the framed reply;
+//! 4. queue the reply for the connection's writer, in completion order.
+//!
+//! To serve: build a [`Service`] from the exports ([`ExportSpec::from_config`]), bind listeners
+//! ([`server::bind_wildcard`] for 2049 and 111), and run [`serve`] until a
+//! `CancellationToken` is cancelled.
 
+pub mod creds;
 pub mod dispatch;
+pub mod export;
+pub mod handle;
+pub mod hostname;
+pub mod mount;
+pub mod nfs3;
+pub mod portmap;
 pub mod record;
 pub mod rpc;
+pub mod server;
+pub mod service;
+pub mod sys;
 pub mod xdr;
+
+pub use server::{Limits, serve};
+pub use service::{ExportSpec, Ports, Service, ServiceOptions, StartupError};

@@ -387,6 +387,12 @@ impl<'a> Encoder<'a> {
         }
     }
 
+    /// The output buffer, for callers that fill a large item in place (a READ reply's data is
+    /// read from the file straight into it) and patch lengths afterwards.
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        self.output
+    }
+
     /// Bytes that are already XDR (a procedure's encoded results), appended as they are.
     pub fn raw(&mut self, encoded: &[u8]) {
         self.output.extend_from_slice(encoded);

@@ -13,6 +13,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use gateway::nfs3::wire::decode_args;
 use gateway::record::{DEFAULT_MAX_RECORD, RecordDecoder, encode_record};
 use gateway::rpc::{AuthSys, Call, Credential, OpaqueAuth, classify};
 use gateway::xdr::{Decoder, Encoder};
@@ -109,7 +110,29 @@ fn call_with_everything() -> Vec<u8> {
     record
 }
 
+/// NFSv3 arguments that start like real ones: a handle of plausible length, then anything.
+fn nfs3_arguments() -> impl Strategy<Value = Vec<u8>> {
+    (0..=70u32, vec(any::<u8>(), 0..600)).prop_map(|(handle_length, tail)| {
+        let mut bytes = handle_length.to_be_bytes().to_vec();
+        bytes.extend(std::iter::repeat_n(
+            7u8,
+            handle_length.next_multiple_of(4) as usize,
+        ));
+        bytes.extend(tail);
+        bytes
+    })
+}
+
 proptest! {
+    #[test]
+    fn nfs3_arguments_decode_without_any_heap(
+        procedure in 0..24u32,
+        bytes in prop_oneof![vec(any::<u8>(), 0..600), nfs3_arguments()],
+    ) {
+        let (arguments, peak) = peak_heap(|| decode_args(procedure, &bytes).is_ok());
+        prop_assert_eq!(peak, 0, "procedure {} decoded: {}", procedure, arguments);
+    }
+
     #[test]
     fn classify_holds_no_more_heap_than_the_record(record in vec(any::<u8>(), 0..600)) {
         let (classification, peak) = peak_heap(|| classify(&record));

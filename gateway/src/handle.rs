@@ -1,0 +1,475 @@
+//! Failover-safe NFS file handles (DESIGN.md invariants 3 and 4): a versioned layout of at most
+//! 64 bytes that names the export and the object, sealed with a MAC, plus the [`ObjectResolver`]
+//! trait through which each kind of volume turns objects into stable ids and back.
+//!
+//! Layout (version 1), all integers big-endian:
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 0 | layout version (1) |
+//! | 1 | resolver scheme ([`KERNEL_SCHEME`] for `name_to_handle_at` handles) |
+//! | 2..10 | export id ([`ExportId`], a hash of the export's name) |
+//! | 10 | object id length `n` (at most [`MAX_OBJECT_ID`]) |
+//! | 11..11+n | object id, as the resolver wrote it |
+//! | 11+n..19+n | MAC: HMAC-SHA-256 over bytes 0..11+n under the cluster's handle key, first 8 bytes |
+//!
+//! Nothing in a handle depends on the node, its start time or its memory, so a handle issued by
+//! one node resolves on every node that mounts the same volume. The MAC is what keeps handles
+//! inside their export: the gateway only issues a handle for an object it reached by a contained
+//! lookup beneath the export root, and a handle it did not issue (forged, edited, or pointing
+//! at an object outside the export) fails the MAC and is refused as stale. The key is derived
+//! from the cluster secret, which every node shares.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use sha2::{Digest, Sha256};
+
+use crate::export::ExportId;
+use crate::sys;
+
+/// The largest NFSv3 file handle (`NFS3_FHSIZE`).
+pub const MAX_HANDLE: usize = 64;
+/// The layout version written into every handle.
+pub const HANDLE_VERSION: u8 = 1;
+/// The scheme byte of kernel (`name_to_handle_at`) object ids.
+pub const KERNEL_SCHEME: u8 = 1;
+const MAC_LENGTH: usize = 8;
+const HEADER_LENGTH: usize = 11;
+/// The largest object id that fits: 64 − 11 header bytes − 8 MAC bytes.
+pub const MAX_OBJECT_ID: usize = MAX_HANDLE - HEADER_LENGTH - MAC_LENGTH;
+
+/// A volume-level object id: opaque bytes a resolver produced, at most [`MAX_OBJECT_ID`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ObjectId {
+    length: u8,
+    bytes: [u8; MAX_OBJECT_ID],
+}
+
+impl ObjectId {
+    /// `None` when `bytes` is longer than [`MAX_OBJECT_ID`].
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() > MAX_OBJECT_ID {
+            return None;
+        }
+        let mut id = ObjectId {
+            length: bytes.len() as u8,
+            bytes: [0; MAX_OBJECT_ID],
+        };
+        id.bytes[..bytes.len()].copy_from_slice(bytes);
+        Some(id)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.length)]
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.as_bytes() {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The secret that seals handles; the same on every node of a cluster.
+#[derive(Clone)]
+pub struct HandleKey([u8; 32]);
+
+impl HandleKey {
+    /// Derives the handle key from the cluster secret, so that it is the same on every node and
+    /// changes only if the secret does.
+    pub fn from_cluster_secret(secret: &[u8]) -> Self {
+        HandleKey(hmac_sha256(secret, b"vipgate nfs file handle key v1"))
+    }
+
+    fn mac(&self, message: &[u8]) -> [u8; MAC_LENGTH] {
+        let full = hmac_sha256(&self.0, message);
+        let mut mac = [0u8; MAC_LENGTH];
+        mac.copy_from_slice(&full[..MAC_LENGTH]);
+        mac
+    }
+}
+
+impl fmt::Debug for HandleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HandleKey(<redacted>)")
+    }
+}
+
+/// HMAC (RFC 2104) with SHA-256.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block_key = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block_key[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block_key[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block_key.map(|key_byte| key_byte ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// Why handle bytes were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// Not a handle of ours at all: wrong length or layout version (NFS3ERR_BADHANDLE).
+    #[error("malformed file handle of {length} bytes")]
+    Malformed { length: usize },
+    /// Well-formed but not issued by this cluster for this object (NFS3ERR_STALE).
+    #[error("file handle fails its integrity check")]
+    Forged,
+}
+
+/// A decoded, authenticated handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHandle {
+    pub scheme: u8,
+    pub export: ExportId,
+    pub object: ObjectId,
+}
+
+impl FileHandle {
+    /// The handle's wire bytes, sealed with `key`.
+    pub fn encode(&self, key: &HandleKey) -> Vec<u8> {
+        let object = self.object.as_bytes();
+        let mut bytes = Vec::with_capacity(HEADER_LENGTH + object.len() + MAC_LENGTH);
+        bytes.push(HANDLE_VERSION);
+        bytes.push(self.scheme);
+        bytes.extend_from_slice(&self.export.0.to_be_bytes());
+        bytes.push(self.object.length);
+        bytes.extend_from_slice(object);
+        let mac = key.mac(&bytes);
+        bytes.extend_from_slice(&mac);
+        bytes
+    }
+
+    /// Parses and authenticates handle bytes from the wire. Never panics.
+    pub fn decode(bytes: &[u8], key: &HandleKey) -> Result<Self, HandleError> {
+        let malformed = HandleError::Malformed {
+            length: bytes.len(),
+        };
+        if bytes.len() < HEADER_LENGTH + MAC_LENGTH || bytes.len() > MAX_HANDLE {
+            return Err(malformed);
+        }
+        if bytes[0] != HANDLE_VERSION {
+            return Err(malformed);
+        }
+        let object_length = usize::from(bytes[10]);
+        if HEADER_LENGTH + object_length + MAC_LENGTH != bytes.len() {
+            return Err(malformed);
+        }
+        let (sealed, mac) = bytes.split_at(HEADER_LENGTH + object_length);
+        // Constant-time comparison: a timing difference must not tell a forger how many MAC
+        // bytes were right.
+        let expected = key.mac(sealed);
+        let difference = expected
+            .iter()
+            .zip(mac)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b));
+        if difference != 0 {
+            return Err(HandleError::Forged);
+        }
+        let mut export = [0u8; 8];
+        export.copy_from_slice(&bytes[2..10]);
+        Ok(FileHandle {
+            scheme: bytes[1],
+            export: ExportId(u64::from_be_bytes(export)),
+            object: ObjectId::new(&sealed[HEADER_LENGTH..]).ok_or(malformed)?,
+        })
+    }
+}
+
+/// How one kind of volume names its objects stably across nodes and opens them again. Kernel
+/// handles serve ext4, xfs, btrfs, tmpfs and CephFS; a GlusterFS resolver would use GFIDs.
+pub trait ObjectResolver: Send + Sync + fmt::Debug {
+    /// The scheme byte this resolver's ids carry in handles.
+    fn scheme(&self) -> u8;
+    /// The id of the object `fd` (any descriptor, `O_PATH` included) refers to.
+    fn object_id(&self, fd: BorrowedFd<'_>) -> io::Result<ObjectId>;
+    /// The id of `dir/name` (one component, not followed if it is a symbolic link).
+    fn object_id_at(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<ObjectId>;
+    /// Opens the object with `O_PATH` (as the daemon: the caller's permissions are checked by
+    /// the operation that follows).
+    fn open(&self, id: &ObjectId) -> io::Result<OwnedFd>;
+}
+
+/// Why a volume cannot serve file handles; reported at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    #[error(
+        "{path} is on a FUSE file system, whose kernel handles are per-mount node ids that go stale on every other node; use a GFID resolver (volume.handles: glusterfs-gfid)"
+    )]
+    Fuse { path: String },
+    #[error("{path} is on {filesystem}, which cannot produce file handles (name_to_handle_at)")]
+    NoHandles {
+        path: String,
+        filesystem: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path}: file handles of {filesystem} are {length} bytes, over the {MAX_OBJECT_ID} that fit in an NFSv3 handle"
+    )]
+    TooLong {
+        path: String,
+        filesystem: String,
+        length: usize,
+    },
+    #[error("cannot open {path} by its file handle (the daemon needs CAP_DAC_READ_SEARCH)")]
+    CannotOpen {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} opened by its file handle is a different object")]
+    Mismatch { path: String },
+    #[error("cannot inspect {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A readable name for a file-system magic number.
+pub fn filesystem_name(magic: i64) -> String {
+    let name = match magic {
+        0xef53 => "ext2/ext3/ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683e => "btrfs",
+        0x0102_1994 => "tmpfs",
+        0x6573_5546 => "fuse",
+        0x00c3_6400 => "ceph",
+        0x6969 => "nfs",
+        0x794c_7630 => "overlayfs",
+        0x9fa0 => "proc",
+        0x6265_6572 => "sysfs",
+        0x2fc1_2fc1 => "zfs",
+        _ => return format!("file system with magic {magic:#x}"),
+    };
+    name.to_owned()
+}
+
+/// Kernel file handles: `name_to_handle_at` / `open_by_handle_at`. The same bytes resolve on
+/// every node that mounts the same file system (ext4, xfs, btrfs, tmpfs, CephFS), but not on
+/// FUSE mounts, which [`KernelResolver::new`] refuses.
+#[derive(Debug)]
+pub struct KernelResolver {
+    /// A descriptor on the file system (opened for reading: `open_by_handle_at` refuses
+    /// `O_PATH` ones).
+    mount: OwnedFd,
+    /// The mount id the export lives on; objects on other mounts get no handle.
+    mount_id: i32,
+}
+
+/// Kernel object id: the handle type (4 bytes) followed by the kernel's handle bytes.
+fn kernel_object_id(handle: &sys::KernelHandle) -> Option<ObjectId> {
+    let mut bytes = Vec::with_capacity(4 + handle.bytes.len());
+    bytes.extend_from_slice(&handle.handle_type.to_be_bytes());
+    bytes.extend_from_slice(&handle.bytes);
+    ObjectId::new(&bytes)
+}
+
+impl KernelResolver {
+    /// Checks that the file system under `root` (an open export root, described as `path` in
+    /// errors) produces kernel handles that fit and open again, and refuses FUSE outright: a
+    /// FUSE handle is the node id of one mount, which `name_to_handle_at` happily returns but no
+    /// other node can open (DESIGN.md, "GlusterFS FUSE mounts are the trap").
+    pub fn new(root: &OwnedFd, path: &str) -> Result<Self, ResolverError> {
+        let io = |source| ResolverError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let statfs = sys::fstatfs(root.as_fd()).map_err(io)?;
+        let filesystem = filesystem_name(statfs.magic);
+        if statfs.magic == 0x6573_5546 {
+            return Err(ResolverError::Fuse {
+                path: path.to_owned(),
+            });
+        }
+        let handle =
+            sys::name_to_handle(root.as_fd(), c"").map_err(|source| ResolverError::NoHandles {
+                path: path.to_owned(),
+                filesystem: filesystem.clone(),
+                source,
+            })?;
+        if kernel_object_id(&handle).is_none() {
+            return Err(ResolverError::TooLong {
+                path: path.to_owned(),
+                filesystem,
+                length: handle.bytes.len(),
+            });
+        }
+        // `open_by_handle_at` wants a real descriptor on the file system, not an `O_PATH` one.
+        let mount = sys::reopen(root.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(io)?;
+        let reopened = sys::open_by_handle(
+            mount.as_fd(),
+            handle.handle_type,
+            &handle.bytes,
+            libc::O_PATH,
+        )
+        .map_err(|source| ResolverError::CannotOpen {
+            path: path.to_owned(),
+            source,
+        })?;
+        let original = sys::fstat(root.as_fd()).map_err(io)?;
+        let again = sys::fstat(reopened.as_fd()).map_err(io)?;
+        if !original.same_object(&again) {
+            return Err(ResolverError::Mismatch {
+                path: path.to_owned(),
+            });
+        }
+        Ok(KernelResolver {
+            mount,
+            mount_id: handle.mount_id,
+        })
+    }
+
+    fn id_of(&self, handle: sys::KernelHandle) -> io::Result<ObjectId> {
+        if handle.mount_id != self.mount_id {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        kernel_object_id(&handle).ok_or_else(|| io::Error::from_raw_os_error(libc::EOVERFLOW))
+    }
+}
+
+impl ObjectResolver for KernelResolver {
+    fn scheme(&self) -> u8 {
+        KERNEL_SCHEME
+    }
+
+    fn object_id(&self, fd: BorrowedFd<'_>) -> io::Result<ObjectId> {
+        self.id_of(sys::name_to_handle(fd, c"")?)
+    }
+
+    fn object_id_at(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<ObjectId> {
+        self.id_of(sys::name_to_handle(dir, name)?)
+    }
+
+    fn open(&self, id: &ObjectId) -> io::Result<OwnedFd> {
+        let bytes = id.as_bytes();
+        let stale = || io::Error::from_raw_os_error(libc::ESTALE);
+        let (handle_type, handle) = bytes.split_at_checked(4).ok_or_else(stale)?;
+        let handle_type = i32::from_be_bytes(handle_type.try_into().map_err(|_| stale())?);
+        sys::open_by_handle(
+            self.mount.as_fd(),
+            handle_type,
+            handle,
+            libc::O_PATH | libc::O_NOFOLLOW,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> HandleKey {
+        HandleKey::from_cluster_secret(b"a cluster secret of some length")
+    }
+
+    fn handle(object: &[u8]) -> FileHandle {
+        FileHandle {
+            scheme: KERNEL_SCHEME,
+            export: ExportId(0x0102_0304_0506_0708),
+            object: ObjectId::new(object).unwrap(),
+        }
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231_test_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let hex: String = mac.iter().map(|byte| format!("{byte:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // A key longer than the block is hashed first (RFC 4231 test case 6).
+        let mac = hmac_sha256(
+            &[0xaa; 131],
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+        );
+        assert_eq!(mac[..4], [0x60, 0xe4, 0x31, 0x59]);
+    }
+
+    #[test]
+    fn handles_round_trip_and_fit() {
+        for length in [0, 8, 12, MAX_OBJECT_ID] {
+            let object: Vec<u8> = (0..length as u8).collect();
+            let original = handle(&object);
+            let bytes = original.encode(&key());
+            assert!(bytes.len() <= MAX_HANDLE);
+            assert_eq!(bytes.len(), 19 + length);
+            assert_eq!(bytes[0], HANDLE_VERSION);
+            assert_eq!(FileHandle::decode(&bytes, &key()), Ok(original));
+        }
+        assert!(ObjectId::new(&[0; MAX_OBJECT_ID + 1]).is_none());
+    }
+
+    #[test]
+    fn tampered_and_malformed_handles_are_refused() {
+        let bytes = handle(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]).encode(&key());
+        // Any single flipped bit in the sealed part or the MAC is caught.
+        for index in 0..bytes.len() {
+            let mut tampered = bytes.clone();
+            tampered[index] ^= 0x01;
+            let outcome = FileHandle::decode(&tampered, &key());
+            assert!(outcome.is_err(), "bit flip at {index} accepted");
+        }
+        // Another cluster's key.
+        let other = HandleKey::from_cluster_secret(b"another cluster's secret");
+        assert_eq!(FileHandle::decode(&bytes, &other), Err(HandleError::Forged));
+        let malformed = |length| Err(HandleError::Malformed { length });
+        assert_eq!(FileHandle::decode(&[], &key()), malformed(0));
+        assert_eq!(FileHandle::decode(&bytes[..18], &key()), malformed(18));
+        assert_eq!(FileHandle::decode(&[0; 65], &key()), malformed(65));
+        let mut version_two = bytes.clone();
+        version_two[0] = 2;
+        assert_eq!(
+            FileHandle::decode(&version_two, &key()),
+            malformed(bytes.len())
+        );
+        let mut wrong_length = bytes.clone();
+        wrong_length[10] = 13;
+        assert_eq!(
+            FileHandle::decode(&wrong_length, &key()),
+            malformed(bytes.len())
+        );
+    }
+
+    #[test]
+    fn kernel_resolver_round_trips_objects() {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: open_by_handle_at needs CAP_DAC_READ_SEARCH");
+            return;
+        }
+        let directory = tempfile::tempdir().unwrap();
+        std::fs::write(directory.path().join("file"), b"x").unwrap();
+        let root: OwnedFd = std::fs::File::open(directory.path()).unwrap().into();
+        let resolver = KernelResolver::new(&root, "test").unwrap();
+        let id = resolver.object_id_at(root.as_fd(), c"file").unwrap();
+        let opened = resolver.open(&id).unwrap();
+        let expected = sys::statx(root.as_fd(), c"file").unwrap();
+        assert!(sys::fstat(opened.as_fd()).unwrap().same_object(&expected));
+        assert_eq!(resolver.object_id(opened.as_fd()).unwrap(), id);
+        // A handle whose inode does not exist is stale, not a crash.
+        let mut bogus = id.as_bytes().to_vec();
+        for byte in &mut bogus[4..] {
+            *byte = 0xff;
+        }
+        assert!(resolver.open(&ObjectId::new(&bogus).unwrap()).is_err());
+    }
+}

@@ -1,0 +1,1212 @@
+//! NFSv3 (RFC 1813): the 22 procedures over the volume, with containment, per-caller
+//! credentials and failover-safe handles.
+//!
+//! Every call goes the same way:
+//!
+//! 1. decode the arguments ([`wire::decode_args`]; GARBAGE_ARGS if they do not decode);
+//! 2. resolve each handle as the daemon ([`resolve`]): authenticate it (BADHANDLE if malformed,
+//!    STALE if forged or unknown), find its export, check that the export admits this client
+//!    (ACCES), open the object with `O_PATH` and check it is on the export's mount (STALE);
+//! 3. refuse modifications on a read-only export (ROFS);
+//! 4. run the operation with the caller's identity after squashing ([`creds::run_as`]), so the
+//!    kernel makes every permission decision as it would for that user; names are single
+//!    components resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
+//!    RESOLVE_NO_XDEV)` beneath a directory that is itself inside the export;
+//! 5. encode the result, with attributes whose `fsid` is the export id.
+//!
+//! Two NFS rules relax plain POSIX permission checks, as knfsd does: the owner of a file may
+//! read, write and truncate it whatever its mode bits (a client creates a file with mode 0444
+//! and then writes it; the client already checked at open time), and a file that may be
+//! executed may be read (executing a binary over NFS reads it).
+
+pub mod wire;
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+use crate::creds::{self, Identity};
+use crate::handle::{FileHandle, HandleError};
+use crate::rpc::Call;
+use crate::service::{Connection, Export, ProcError, Service};
+use crate::sys::{self, SetTime, Stat, Time};
+use crate::xdr::Encoder;
+use wire::{Args, CreateHow, DirOp, FileType, MknodData, SetAttributes, StableHow, Status, access};
+
+/// Largest READ and WRITE we serve (rtmax, wtmax), and our preference.
+pub const MAX_IO: u32 = 1024 * 1024;
+/// Preferred READDIR size.
+const DIR_PREFERRED: u32 = 64 * 1024;
+/// Largest READDIR/READDIRPLUS reply we build, whatever the client asks for.
+const MAX_DIR_REPLY: u32 = 1024 * 1024;
+
+type OpResult<T> = Result<T, Status>;
+
+/// An object a handle named, opened `O_PATH`.
+struct Object<'s> {
+    export: &'s Export,
+    fd: OwnedFd,
+    stat: Stat,
+}
+
+impl Object<'_> {
+    fn fsid(&self) -> u64 {
+        self.export.fsid()
+    }
+}
+
+/// Step 2 of the module documentation.
+fn resolve<'s>(
+    service: &'s Service,
+    connection: &Connection,
+    handle: &[u8],
+) -> OpResult<Object<'s>> {
+    let handle = FileHandle::decode(handle, &service.key).map_err(|error| match error {
+        HandleError::Malformed { .. } => Status::BadHandle,
+        HandleError::Forged => Status::Stale,
+    })?;
+    let (index, export) = service.export_by_id(handle.export).ok_or(Status::Stale)?;
+    if !service.admits(connection, index) {
+        return Err(Status::Acces);
+    }
+    if handle.scheme != export.resolver.scheme() {
+        return Err(Status::Stale);
+    }
+    let fd = export.resolver.open(&handle.object).map_err(|error| {
+        match error.raw_os_error() {
+            // Deleted, or never existed: the client must forget the handle.
+            Some(libc::ESTALE | libc::ENOENT | libc::EINVAL) | None => Status::Stale,
+            Some(errno) => Status::from_errno(errno),
+        }
+    })?;
+    let stat = sys::fstat(fd.as_fd()).map_err(|error| Status::from_io(&error))?;
+    if stat.mount_id != export.root_stat.mount_id {
+        return Err(Status::Stale);
+    }
+    Ok(Object { export, fd, stat })
+}
+
+/// The handle of an object found inside `export`.
+fn handle_of(export: &Export, fd: BorrowedFd<'_>) -> OpResult<Vec<u8>> {
+    let object = export
+        .resolver
+        .object_id(fd)
+        .map_err(|error| Status::from_io(&error))?;
+    Ok(export.handle_for(object))
+}
+
+/// How a name is used, which decides what `.` and `..` mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameUse {
+    /// A new entry: `.`/`..` already exist.
+    Create,
+    /// An entry to remove or rename: `.`/`..` may not be.
+    Remove,
+}
+
+/// A file name from the wire as a C string: not empty, at most 255 bytes, no `/` or NUL.
+fn component(name: &[u8]) -> OpResult<CString> {
+    if name.len() > wire::MAX_NAME {
+        return Err(Status::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') {
+        return Err(Status::Inval);
+    }
+    CString::new(name).map_err(|_| Status::Inval)
+}
+
+fn checked_name(name: &[u8], usage: NameUse) -> OpResult<CString> {
+    let name = component(name)?;
+    if matches!(name.as_bytes(), b"." | b"..") {
+        return Err(match usage {
+            NameUse::Create => Status::Exist,
+            NameUse::Remove => Status::Inval,
+        });
+    }
+    Ok(name)
+}
+
+/// Opens `dir/name` (`O_PATH`, not following a final symbolic link) beneath `dir`, as the caller.
+fn open_beneath(dir: BorrowedFd<'_>, name: &CString) -> std::io::Result<OwnedFd> {
+    sys::openat2(
+        dir,
+        name,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        sys::RESOLVE_CONTAINED,
+    )
+}
+
+/// The parent of directory `dir` inside its export: the root's parent is the root itself, so
+/// `..` never leads out of an export.
+fn parent_of(dir: &Object<'_>) -> OpResult<(OwnedFd, Stat)> {
+    let export = dir.export;
+    if dir.stat.same_object(&export.root_stat) {
+        let fd = export.root.try_clone().map_err(|e| Status::from_io(&e))?;
+        return Ok((fd, export.root_stat));
+    }
+    let fd = sys::openat(
+        Some(dir.fd.as_fd()),
+        c"..",
+        libc::O_PATH | libc::O_DIRECTORY,
+    )
+    .map_err(|e| Status::from_io(&e))?;
+    let stat = sys::fstat(fd.as_fd()).map_err(|e| Status::from_io(&e))?;
+    if stat.mount_id != export.root_stat.mount_id {
+        return Err(Status::Stale);
+    }
+    Ok((fd, stat))
+}
+
+/// Runs `operation` as the caller; a failure to switch credentials is a server fault.
+fn as_caller<T>(identity: &Identity, operation: impl FnOnce() -> OpResult<T>) -> OpResult<T> {
+    creds::run_as(identity, operation).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot act as the caller");
+        Err(Status::ServerFault)
+    })
+}
+
+/// Runs `operation` as the daemon, from inside [`as_caller`] (for the owner override).
+fn as_daemon<T>(operation: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    creds::run_as(&Identity::root(), operation).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot return to the daemon's credentials");
+        Err(std::io::Error::from_raw_os_error(libc::EPERM))
+    })
+}
+
+/// Opens a regular file for I/O as the caller, with the NFS owner (and read-if-exec) override.
+fn open_for_io(object: &Object<'_>, identity: &Identity, flags: libc::c_int) -> OpResult<File> {
+    match sys::reopen(object.fd.as_fd(), flags) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(error) if error.raw_os_error() == Some(libc::EACCES) => {
+            let owner = identity.uid == object.stat.uid;
+            let may_execute = flags == libc::O_RDONLY && sys::access(object.fd.as_fd(), libc::X_OK);
+            if owner || may_execute {
+                as_daemon(|| sys::reopen(object.fd.as_fd(), flags))
+                    .map(File::from)
+                    .map_err(|e| Status::from_io(&e))
+            } else {
+                Err(Status::Acces)
+            }
+        }
+        Err(error) => Err(Status::from_io(&error)),
+    }
+}
+
+fn require_regular(stat: &Stat) -> OpResult<()> {
+    match FileType::of_mode(stat.mode) {
+        FileType::Regular => Ok(()),
+        FileType::Directory => Err(Status::IsDir),
+        _ => Err(Status::Inval),
+    }
+}
+
+fn require_dir(stat: &Stat) -> OpResult<()> {
+    if stat.is_dir() {
+        Ok(())
+    } else {
+        Err(Status::NotDir)
+    }
+}
+
+/// Applies `attributes` to `object` as the current (caller's) credentials, in the order knfsd
+/// uses: owner, mode, size, times. The owner may truncate whatever the mode (module docs).
+fn apply_attributes(
+    fd: BorrowedFd<'_>,
+    stat: &Stat,
+    attributes: &SetAttributes,
+    identity: &Identity,
+) -> OpResult<()> {
+    let io = |e: std::io::Error| Status::from_io(&e);
+    if attributes.uid.is_some() || attributes.gid.is_some() {
+        sys::chown(fd, attributes.uid, attributes.gid).map_err(io)?;
+    }
+    if let Some(mode) = attributes.mode {
+        if stat.is_symlink() {
+            return Err(Status::Inval);
+        }
+        sys::chmod(fd, mode & 0o7777).map_err(io)?;
+    }
+    if let Some(size) = attributes.size {
+        require_regular(stat)?;
+        match sys::truncate(fd, size) {
+            Err(error)
+                if error.raw_os_error() == Some(libc::EACCES) && identity.uid == stat.uid =>
+            {
+                as_daemon(|| sys::truncate(fd, size)).map_err(io)?;
+            }
+            other => other.map_err(io)?,
+        }
+    }
+    let (atime, mtime) = (attributes.atime.0, attributes.mtime.0);
+    if atime != SetTime::Keep || mtime != SetTime::Keep {
+        sys::set_times(fd, atime, mtime).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Runs one NFSv3 call, writing its results after the reply header in `out`.
+pub fn call(
+    service: &Service,
+    connection: &Connection,
+    call: &Call,
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), ProcError> {
+    let args = wire::decode_args(call.procedure, args)?;
+    let context = Context {
+        service,
+        connection,
+        call,
+    };
+    let encoder = &mut Encoder::new(out);
+    match args {
+        Args::Null => {}
+        Args::GetAttr { object } => context.getattr(object, encoder),
+        Args::SetAttr {
+            object,
+            attributes,
+            guard,
+        } => context.setattr(object, &attributes, guard, encoder),
+        Args::Lookup(place) => context.lookup(place, encoder),
+        Args::Access { object, access } => context.access(object, access, encoder),
+        Args::ReadLink { object } => context.readlink(object, encoder),
+        Args::Read {
+            file,
+            offset,
+            count,
+        } => context.read(file, offset, count, encoder),
+        Args::Write {
+            file,
+            offset,
+            count,
+            stable,
+            data,
+        } => context.write(file, offset, count, stable, data, encoder),
+        Args::Create { place, how } => context.create(place, how, encoder),
+        Args::MkDir { place, attributes } => context.make(place, Make::Dir(attributes), encoder),
+        Args::Symlink {
+            place,
+            attributes,
+            target,
+        } => context.make(place, Make::Symlink(attributes, target), encoder),
+        Args::MkNod { place, data } => context.make(place, Make::Node(data), encoder),
+        Args::Remove(place) => context.remove(place, false, encoder),
+        Args::RmDir(place) => context.remove(place, true, encoder),
+        Args::Rename { from, to } => context.rename(from, to, encoder),
+        Args::Link { file, link } => context.link(file, link, encoder),
+        Args::ReadDir {
+            dir,
+            cookie,
+            verifier: _,
+            count,
+        } => context.readdir(dir, cookie, count, None, encoder),
+        Args::ReadDirPlus {
+            dir,
+            cookie,
+            verifier: _,
+            dircount: _,
+            maxcount,
+        } => context.readdir(dir, cookie, maxcount, Some(()), encoder),
+        Args::FsStat { root } => context.fsstat(root, encoder),
+        Args::FsInfo { root } => context.fsinfo(root, encoder),
+        Args::PathConf { object } => context.pathconf(object, encoder),
+        Args::Commit {
+            file,
+            offset: _,
+            count: _,
+        } => context.commit(file, encoder),
+    }
+    Ok(())
+}
+
+struct Context<'a> {
+    service: &'a Service,
+    connection: &'a Connection,
+    call: &'a Call,
+}
+
+/// What MKDIR, SYMLINK and MKNOD create.
+enum Make<'a> {
+    Dir(SetAttributes),
+    Symlink(SetAttributes, &'a [u8]),
+    Node(MknodData),
+}
+
+fn status(encoder: &mut Encoder<'_>, status: Status) {
+    encoder.u32(status as u32);
+}
+
+impl Context<'_> {
+    fn resolve(&self, handle: &[u8]) -> OpResult<Object<'_>> {
+        resolve(self.service, self.connection, handle)
+    }
+
+    fn identity(&self, export: &Export) -> Identity {
+        export.policy.identity(&self.call.credential)
+    }
+
+    fn writable(&self, export: &Export) -> OpResult<()> {
+        if export.policy.writable() {
+            Ok(())
+        } else {
+            Err(Status::RoFs)
+        }
+    }
+
+    fn getattr(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
+        match self.resolve(handle) {
+            Ok(object) => {
+                status(encoder, Status::Ok);
+                wire::fattr3(encoder, &object.stat, object.fsid());
+            }
+            Err(error) => status(encoder, error),
+        }
+    }
+
+    fn setattr(
+        &self,
+        handle: &[u8],
+        attributes: &SetAttributes,
+        guard: Option<Time>,
+        encoder: &mut Encoder<'_>,
+    ) {
+        let object = match self.resolve(handle) {
+            Ok(object) => object,
+            Err(error) => {
+                status(encoder, error);
+                wire::wcc_data(encoder, None, None, 0);
+                return;
+            }
+        };
+        let outcome = self.writable(object.export).and_then(|()| {
+            if let Some(guard) = guard
+                && (guard.seconds != object.stat.ctime.seconds
+                    || guard.nanoseconds != object.stat.ctime.nanoseconds)
+            {
+                return Err(Status::NotSync);
+            }
+            let identity = self.identity(object.export);
+            as_caller(&identity, || {
+                apply_attributes(object.fd.as_fd(), &object.stat, attributes, &identity)
+            })
+        });
+        let after = sys::fstat(object.fd.as_fd()).ok();
+        status(encoder, outcome.err().unwrap_or(Status::Ok));
+        wire::wcc_data(encoder, Some(&object.stat), after.as_ref(), object.fsid());
+    }
+
+    fn lookup(&self, place: DirOp<'_>, encoder: &mut Encoder<'_>) {
+        let dir = match self.resolve(place.dir) {
+            Ok(dir) => dir,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, None, 0);
+                return;
+            }
+        };
+        let found = require_dir(&dir.stat).and_then(|()| {
+            let identity = self.identity(dir.export);
+            as_caller(&identity, || {
+                let name = component(place.name).map_err(|error| match error {
+                    Status::Inval if place.name.is_empty() => Status::NoEnt,
+                    other => other,
+                })?;
+                // Searching needs execute permission on the directory, also for `.` and `..`.
+                if !sys::access(dir.fd.as_fd(), libc::X_OK) {
+                    return Err(Status::Acces);
+                }
+                let (fd, stat) = match name.as_bytes() {
+                    b"." => (
+                        dir.fd.try_clone().map_err(|e| Status::from_io(&e))?,
+                        dir.stat,
+                    ),
+                    b".." => parent_of(&dir)?,
+                    _ => {
+                        let fd = open_beneath(dir.fd.as_fd(), &name).map_err(|error| {
+                            match error.raw_os_error() {
+                                // A mount point inside the export: never crossed.
+                                Some(libc::EXDEV) => Status::Acces,
+                                _ => Status::from_io(&error),
+                            }
+                        })?;
+                        let stat = sys::fstat(fd.as_fd()).map_err(|e| Status::from_io(&e))?;
+                        (fd, stat)
+                    }
+                };
+                Ok((handle_of(dir.export, fd.as_fd())?, stat))
+            })
+        });
+        match found {
+            Ok((handle, stat)) => {
+                status(encoder, Status::Ok);
+                wire::fh3(encoder, &handle);
+                wire::post_op_attr(encoder, Some(&stat), dir.fsid());
+                wire::post_op_attr(encoder, Some(&dir.stat), dir.fsid());
+            }
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, Some(&dir.stat), dir.fsid());
+            }
+        }
+    }
+
+    fn access(&self, handle: &[u8], wanted: u32, encoder: &mut Encoder<'_>) {
+        let object = match self.resolve(handle) {
+            Ok(object) => object,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, None, 0);
+                return;
+            }
+        };
+        let identity = self.identity(object.export);
+        let writable = object.export.policy.writable();
+        let granted = as_caller(&identity, || {
+            let fd = object.fd.as_fd();
+            let may = |mode| sys::access(fd, mode);
+            let mut granted = 0;
+            if wanted & access::READ != 0 && may(libc::R_OK) {
+                granted |= access::READ;
+            }
+            let is_dir = object.stat.is_dir();
+            if is_dir {
+                if wanted & access::LOOKUP != 0 && may(libc::X_OK) {
+                    granted |= access::LOOKUP;
+                }
+                if writable && may(libc::W_OK | libc::X_OK) {
+                    granted |= wanted & (access::MODIFY | access::EXTEND | access::DELETE);
+                }
+            } else {
+                if writable && may(libc::W_OK) {
+                    granted |= wanted & (access::MODIFY | access::EXTEND);
+                }
+                if wanted & access::EXECUTE != 0 && may(libc::X_OK) {
+                    granted |= access::EXECUTE;
+                }
+            }
+            Ok(granted)
+        });
+        match granted {
+            Ok(granted) => {
+                status(encoder, Status::Ok);
+                wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+                encoder.u32(granted);
+            }
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+            }
+        }
+    }
+
+    fn readlink(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
+        let object = match self.resolve(handle) {
+            Ok(object) => object,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, None, 0);
+                return;
+            }
+        };
+        let target = if object.stat.is_symlink() {
+            sys::read_link(object.fd.as_fd()).map_err(|e| Status::from_io(&e))
+        } else {
+            Err(Status::Inval)
+        };
+        match target {
+            Ok(target) => {
+                status(encoder, Status::Ok);
+                wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+                let _ = encoder.opaque(&target, u32::MAX);
+            }
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+            }
+        }
+    }
+
+    fn read(&self, handle: &[u8], offset: u64, count: u32, encoder: &mut Encoder<'_>) {
+        let object = match self.resolve(handle) {
+            Ok(object) => object,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, None, 0);
+                return;
+            }
+        };
+        let count = count.min(MAX_IO) as usize;
+        let identity = self.identity(object.export);
+        let file = require_regular(&object.stat).and_then(|()| {
+            as_caller(&identity, || {
+                open_for_io(&object, &identity, libc::O_RDONLY)
+            })
+        });
+        let file = match file {
+            Ok(file) => file,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+                return;
+            }
+        };
+        // Read straight into the reply: status, attributes, count, eof, then the opaque data.
+        // Never more than the file holds past `offset` (as of the attributes just taken), so a
+        // small file read with a 1 MiB count does not cost a megabyte; a file that grew since
+        // gets a short read without eof, and the client reads on.
+        let count = count
+            .min(usize::try_from(object.stat.size.saturating_sub(offset)).unwrap_or(usize::MAX));
+        let start = encoder.position();
+        status(encoder, Status::Ok);
+        wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+        let out = encoder.buffer();
+        let count_at = out.len();
+        out.extend_from_slice(&[0; 12]); // count, eof, data length
+        let data_at = out.len();
+        out.resize(data_at + count, 0);
+        let mut filled = 0;
+        let mut failure = None;
+        while filled < count {
+            match file.read_at(
+                &mut out[data_at + filled..],
+                offset.saturating_add(filled as u64),
+            ) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failure
+            && filled == 0
+        {
+            out.truncate(start);
+            let encoder = &mut Encoder::new(out);
+            status(encoder, Status::from_io(&error));
+            wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+            return;
+        }
+        let size = sys::fstat(file.as_fd()).map_or(object.stat.size, |stat| stat.size);
+        let eof = offset.saturating_add(filled as u64) >= size;
+        out.truncate(data_at + filled);
+        out.resize(data_at + filled.next_multiple_of(4), 0);
+        let filled32 = u32::try_from(filled).unwrap_or(0);
+        out[count_at..count_at + 4].copy_from_slice(&filled32.to_be_bytes());
+        out[count_at + 4..count_at + 8].copy_from_slice(&u32::from(eof).to_be_bytes());
+        out[count_at + 8..count_at + 12].copy_from_slice(&filled32.to_be_bytes());
+    }
+
+    fn write(
+        &self,
+        handle: &[u8],
+        offset: u64,
+        count: u32,
+        stable: StableHow,
+        data: &[u8],
+        encoder: &mut Encoder<'_>,
+    ) {
+        let object = match self.resolve(handle) {
+            Ok(object) => object,
+            Err(error) => {
+                status(encoder, error);
+                wire::wcc_data(encoder, None, None, 0);
+                return;
+            }
+        };
+        let identity = self.identity(object.export);
+        let outcome = self
+            .writable(object.export)
+            .and_then(|()| require_regular(&object.stat))
+            .and_then(|()| {
+                let count = count as usize;
+                let data = data.get(..count).ok_or(Status::Inval)?;
+                as_caller(&identity, || {
+                    let file = open_for_io(&object, &identity, libc::O_WRONLY)?;
+                    file.write_all_at(data, offset)
+                        .map_err(|e| Status::from_io(&e))?;
+                    let committed = match stable {
+                        StableHow::Unstable => StableHow::Unstable,
+                        StableHow::DataSync => {
+                            file.sync_data().map_err(|e| Status::from_io(&e))?;
+                            StableHow::DataSync
+                        }
+                        StableHow::FileSync => {
+                            file.sync_all().map_err(|e| Status::from_io(&e))?;
+                            StableHow::FileSync
+                        }
+                    };
+                    let after = sys::fstat(file.as_fd()).ok();
+                    Ok((count, committed, after))
+                })
+            });
+        match outcome {
+            Ok((count, committed, after)) => {
+                status(encoder, Status::Ok);
+                wire::wcc_data(encoder, Some(&object.stat), after.as_ref(), object.fsid());
+                encoder.u32(u32::try_from(count).unwrap_or(0));
+                encoder.u32(committed as u32);
+                encoder.fixed_opaque(&self.service.write_verifier());
+            }
+            Err(error) => {
+                status(encoder, error);
+                let after = sys::fstat(object.fd.as_fd()).ok();
+                wire::wcc_data(encoder, Some(&object.stat), after.as_ref(), object.fsid());
+            }
+        }
+    }
+
+    /// Encodes a CREATE/MKDIR/SYMLINK/MKNOD result.
+    fn created(
+        &self,
+        dir: &Object<'_>,
+        outcome: OpResult<(Vec<u8>, Stat)>,
+        encoder: &mut Encoder<'_>,
+    ) {
+        let after = sys::fstat(dir.fd.as_fd()).ok();
+        match outcome {
+            Ok((handle, stat)) => {
+                status(encoder, Status::Ok);
+                wire::post_op_fh3(encoder, Some(&handle));
+                wire::post_op_attr(encoder, Some(&stat), dir.fsid());
+            }
+            Err(error) => status(encoder, error),
+        }
+        wire::wcc_data(encoder, Some(&dir.stat), after.as_ref(), dir.fsid());
+    }
+
+    /// Resolves a directory for a modifying call; on failure encodes the status and an empty
+    /// `wcc_data` and returns `None`.
+    fn modifiable_dir(&self, handle: &[u8], encoder: &mut Encoder<'_>) -> Option<Object<'_>> {
+        match self.resolve(handle) {
+            Ok(dir) => Some(dir),
+            Err(error) => {
+                status(encoder, error);
+                wire::wcc_data(encoder, None, None, 0);
+                None
+            }
+        }
+    }
+
+    fn create(&self, place: DirOp<'_>, how: CreateHow, encoder: &mut Encoder<'_>) {
+        let Some(dir) = self.modifiable_dir(place.dir, encoder) else {
+            return;
+        };
+        let identity = self.identity(dir.export);
+        let outcome = self
+            .writable(dir.export)
+            .and_then(|()| require_dir(&dir.stat))
+            .and_then(|()| checked_name(place.name, NameUse::Create))
+            .and_then(|name| {
+                as_caller(&identity, || {
+                    let (exclusive, attributes, verifier) = match how {
+                        CreateHow::Unchecked(attributes) => (false, attributes, None),
+                        CreateHow::Guarded(attributes) => (true, attributes, None),
+                        CreateHow::Exclusive(verifier) => {
+                            (true, SetAttributes::default(), Some(verifier))
+                        }
+                    };
+                    let mode = attributes.mode.unwrap_or(0o644) & 0o7777;
+                    let created = sys::openat2(
+                        dir.fd.as_fd(),
+                        &name,
+                        libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY | libc::O_NOFOLLOW,
+                        mode,
+                        sys::RESOLVE_CONTAINED,
+                    );
+                    let fd = match created {
+                        Ok(fd) => {
+                            let stat = sys::fstat(fd.as_fd()).map_err(|e| Status::from_io(&e))?;
+                            let rest = SetAttributes {
+                                mode: None,
+                                ..attributes
+                            };
+                            if let Some(verifier) = verifier {
+                                // The verifier lives in the times until the client's SETATTR,
+                                // as knfsd stores it, so a retransmitted CREATE finds it.
+                                let (atime, mtime) = verifier_times(verifier);
+                                sys::set_times(fd.as_fd(), SetTime::To(atime), SetTime::To(mtime))
+                                    .map_err(|e| Status::from_io(&e))?;
+                            } else if !rest.is_empty() {
+                                apply_attributes(fd.as_fd(), &stat, &rest, &identity)?;
+                            }
+                            fd
+                        }
+                        Err(error) if error.raw_os_error() == Some(libc::EEXIST) && !exclusive => {
+                            let fd = open_beneath(dir.fd.as_fd(), &name)
+                                .map_err(|e| Status::from_io(&e))?;
+                            let stat = sys::fstat(fd.as_fd()).map_err(|e| Status::from_io(&e))?;
+                            if !stat.is_regular() {
+                                return Err(Status::Exist);
+                            }
+                            // An existing file: only a size (truncation) is applied, as knfsd.
+                            if attributes.size.is_some() {
+                                let size_only = SetAttributes {
+                                    size: attributes.size,
+                                    ..SetAttributes::default()
+                                };
+                                apply_attributes(fd.as_fd(), &stat, &size_only, &identity)?;
+                            }
+                            fd
+                        }
+                        Err(error) if error.raw_os_error() == Some(libc::EEXIST) => {
+                            let Some(verifier) = verifier else {
+                                return Err(Status::Exist);
+                            };
+                            // A retransmitted exclusive CREATE finds its own verifier.
+                            let fd = open_beneath(dir.fd.as_fd(), &name)
+                                .map_err(|e| Status::from_io(&e))?;
+                            let stat = sys::fstat(fd.as_fd()).map_err(|e| Status::from_io(&e))?;
+                            let (atime, mtime) = verifier_times(verifier);
+                            if !stat.is_regular()
+                                || stat.atime.seconds != atime.seconds
+                                || stat.mtime.seconds != mtime.seconds
+                            {
+                                return Err(Status::Exist);
+                            }
+                            fd
+                        }
+                        Err(error) => return Err(Status::from_io(&error)),
+                    };
+                    let stat = sys::fstat(fd.as_fd()).map_err(|e| Status::from_io(&e))?;
+                    Ok((handle_of(dir.export, fd.as_fd())?, stat))
+                })
+            });
+        self.created(&dir, outcome, encoder);
+    }
+
+    fn make(&self, place: DirOp<'_>, what: Make<'_>, encoder: &mut Encoder<'_>) {
+        let Some(dir) = self.modifiable_dir(place.dir, encoder) else {
+            return;
+        };
+        let identity = self.identity(dir.export);
+        let outcome = self
+            .writable(dir.export)
+            .and_then(|()| require_dir(&dir.stat))
+            .and_then(|()| checked_name(place.name, NameUse::Create))
+            .and_then(|name| {
+                as_caller(&identity, || {
+                    let io = |e: std::io::Error| Status::from_io(&e);
+                    let attributes = match what {
+                        Make::Dir(attributes) => {
+                            let mode = attributes.mode.unwrap_or(0o755) & 0o7777;
+                            sys::mkdirat(dir.fd.as_fd(), &name, mode).map_err(io)?;
+                            SetAttributes {
+                                mode: None,
+                                ..attributes
+                            }
+                        }
+                        Make::Symlink(attributes, target) => {
+                            if target.len() > wire::MAX_PATH {
+                                return Err(Status::NameTooLong);
+                            }
+                            let target = CString::new(target).map_err(|_| Status::Inval)?;
+                            sys::symlinkat(&target, dir.fd.as_fd(), &name).map_err(io)?;
+                            // A symbolic link's mode means nothing on Linux.
+                            SetAttributes {
+                                mode: None,
+                                ..attributes
+                            }
+                        }
+                        Make::Node(MknodData::Special { kind, attributes }) => {
+                            let file_type = if kind == FileType::Fifo {
+                                libc::S_IFIFO
+                            } else {
+                                libc::S_IFSOCK
+                            };
+                            let mode = attributes.mode.unwrap_or(0o644) & 0o7777;
+                            sys::mknodat(dir.fd.as_fd(), &name, file_type | mode, 0).map_err(io)?;
+                            SetAttributes {
+                                mode: None,
+                                ..attributes
+                            }
+                        }
+                        // Device nodes would hand any client a door around every permission
+                        // (the daemon holds CAP_MKNOD); the gateway does not create them.
+                        Make::Node(MknodData::Device { .. } | MknodData::Other(_)) => {
+                            return Err(Status::BadType);
+                        }
+                    };
+                    let fd = open_beneath(dir.fd.as_fd(), &name).map_err(io)?;
+                    let stat = sys::fstat(fd.as_fd()).map_err(io)?;
+                    if !attributes.is_empty() {
+                        apply_attributes(fd.as_fd(), &stat, &attributes, &identity)?;
+                    }
+                    let stat = sys::fstat(fd.as_fd()).map_err(io)?;
+                    Ok((handle_of(dir.export, fd.as_fd())?, stat))
+                })
+            });
+        self.created(&dir, outcome, encoder);
+    }
+
+    fn remove(&self, place: DirOp<'_>, directory: bool, encoder: &mut Encoder<'_>) {
+        let Some(dir) = self.modifiable_dir(place.dir, encoder) else {
+            return;
+        };
+        let identity = self.identity(dir.export);
+        let outcome = self
+            .writable(dir.export)
+            .and_then(|()| require_dir(&dir.stat))
+            .and_then(|()| checked_name(place.name, NameUse::Remove))
+            .and_then(|name| {
+                as_caller(&identity, || {
+                    sys::unlinkat(dir.fd.as_fd(), &name, directory).map_err(|e| Status::from_io(&e))
+                })
+            });
+        let after = sys::fstat(dir.fd.as_fd()).ok();
+        status(encoder, outcome.err().unwrap_or(Status::Ok));
+        wire::wcc_data(encoder, Some(&dir.stat), after.as_ref(), dir.fsid());
+    }
+
+    fn rename(&self, from: DirOp<'_>, to: DirOp<'_>, encoder: &mut Encoder<'_>) {
+        let dirs = self
+            .resolve(from.dir)
+            .and_then(|from_dir| Ok((from_dir, self.resolve(to.dir)?)));
+        let (from_dir, to_dir) = match dirs {
+            Ok(dirs) => dirs,
+            Err(error) => {
+                status(encoder, error);
+                wire::wcc_data(encoder, None, None, 0);
+                wire::wcc_data(encoder, None, None, 0);
+                return;
+            }
+        };
+        let identity = self.identity(from_dir.export);
+        let outcome = self
+            .writable(from_dir.export)
+            .and_then(|()| same_export(&from_dir, &to_dir))
+            .and_then(|()| require_dir(&from_dir.stat))
+            .and_then(|()| require_dir(&to_dir.stat))
+            .and_then(|()| {
+                let from_name = checked_name(from.name, NameUse::Remove)?;
+                let to_name = checked_name(to.name, NameUse::Remove)?;
+                as_caller(&identity, || {
+                    sys::renameat(from_dir.fd.as_fd(), &from_name, to_dir.fd.as_fd(), &to_name)
+                        .map_err(|e| Status::from_io(&e))
+                })
+            });
+        status(encoder, outcome.err().unwrap_or(Status::Ok));
+        for dir in [&from_dir, &to_dir] {
+            let after = sys::fstat(dir.fd.as_fd()).ok();
+            wire::wcc_data(encoder, Some(&dir.stat), after.as_ref(), dir.fsid());
+        }
+    }
+
+    fn link(&self, file: &[u8], link: DirOp<'_>, encoder: &mut Encoder<'_>) {
+        let objects = self
+            .resolve(file)
+            .and_then(|file| Ok((file, self.resolve(link.dir)?)));
+        let (file, dir) = match objects {
+            Ok(objects) => objects,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, None, 0);
+                wire::wcc_data(encoder, None, None, 0);
+                return;
+            }
+        };
+        let identity = self.identity(dir.export);
+        let outcome = self
+            .writable(dir.export)
+            .and_then(|()| same_export(&file, &dir))
+            .and_then(|()| require_dir(&dir.stat))
+            .and_then(|()| {
+                if file.stat.is_dir() {
+                    return Err(Status::IsDir);
+                }
+                let name = checked_name(link.name, NameUse::Create)?;
+                as_caller(&identity, || {
+                    sys::link(file.fd.as_fd(), dir.fd.as_fd(), &name)
+                        .map_err(|e| Status::from_io(&e))
+                })
+            });
+        status(encoder, outcome.err().unwrap_or(Status::Ok));
+        let file_after = sys::fstat(file.fd.as_fd()).ok();
+        wire::post_op_attr(encoder, file_after.as_ref(), file.fsid());
+        let dir_after = sys::fstat(dir.fd.as_fd()).ok();
+        wire::wcc_data(encoder, Some(&dir.stat), dir_after.as_ref(), dir.fsid());
+    }
+
+    /// READDIR (`plus` = None) and READDIRPLUS. Cookies are the file system's own directory
+    /// offsets (`d_off`), which depend only on the directory's contents on disk, so they stay
+    /// valid on another node mounting the same volume; the cookie verifier is therefore always
+    /// zero and never checked, as knfsd does.
+    fn readdir(
+        &self,
+        handle: &[u8],
+        cookie: u64,
+        maxcount: u32,
+        plus: Option<()>,
+        encoder: &mut Encoder<'_>,
+    ) {
+        let dir = match self.resolve(handle) {
+            Ok(dir) => dir,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, None, 0);
+                return;
+            }
+        };
+        let identity = self.identity(dir.export);
+        let fsid = dir.fsid();
+        let listing = require_dir(&dir.stat).and_then(|()| {
+            as_caller(&identity, || {
+                let opened = sys::reopen(dir.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+                    .map_err(|e| Status::from_io(&e))?;
+                list_directory(&dir, &opened, handle, cookie, maxcount, plus.is_some())
+            })
+        });
+        match listing {
+            Ok((entries, eof)) => {
+                status(encoder, Status::Ok);
+                wire::post_op_attr(encoder, Some(&dir.stat), fsid);
+                encoder.fixed_opaque(&[0; 8]);
+                encoder.raw(&entries);
+                encoder.bool(false);
+                encoder.bool(eof);
+            }
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, Some(&dir.stat), fsid);
+            }
+        }
+    }
+
+    fn fsstat(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
+        let object = match self.resolve(handle) {
+            Ok(object) => object,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, None, 0);
+                return;
+            }
+        };
+        match sys::fstatfs(object.fd.as_fd()) {
+            Ok(fs) => {
+                status(encoder, Status::Ok);
+                wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+                encoder.u64(fs.blocks.saturating_mul(fs.block_size));
+                encoder.u64(fs.blocks_free.saturating_mul(fs.block_size));
+                encoder.u64(fs.blocks_available.saturating_mul(fs.block_size));
+                encoder.u64(fs.files);
+                encoder.u64(fs.files_free);
+                encoder.u64(fs.files_free);
+                encoder.u32(0); // invarsec: the volume changes at any time
+            }
+            Err(error) => {
+                status(encoder, Status::from_io(&error));
+                wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+            }
+        }
+    }
+
+    fn fsinfo(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
+        let object = match self.resolve(handle) {
+            Ok(object) => object,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, None, 0);
+                return;
+            }
+        };
+        status(encoder, Status::Ok);
+        wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+        encoder.u32(MAX_IO); // rtmax
+        encoder.u32(MAX_IO); // rtpref
+        encoder.u32(4096); // rtmult
+        encoder.u32(MAX_IO); // wtmax
+        encoder.u32(MAX_IO); // wtpref
+        encoder.u32(4096); // wtmult
+        encoder.u32(DIR_PREFERRED); // dtpref
+        encoder.u64(i64::MAX as u64); // maxfilesize: off_t's limit
+        encoder.u32(0); // time_delta: nanoseconds
+        encoder.u32(1);
+        // FSF3_LINK | FSF3_SYMLINK | FSF3_HOMOGENEOUS | FSF3_CANSETTIME
+        encoder.u32(0x0001 | 0x0002 | 0x0008 | 0x0010);
+    }
+
+    fn pathconf(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
+        let object = match self.resolve(handle) {
+            Ok(object) => object,
+            Err(error) => {
+                status(encoder, error);
+                wire::post_op_attr(encoder, None, 0);
+                return;
+            }
+        };
+        let name_max = sys::fstatfs(object.fd.as_fd())
+            .map(|fs| u32::try_from(fs.name_max).unwrap_or(255))
+            .unwrap_or(255);
+        // SAFETY: fpathconf on a descriptor we hold; no memory arguments.
+        let link_max = unsafe { libc::fpathconf(sys::raw(object.fd.as_fd()), libc::_PC_LINK_MAX) };
+        status(encoder, Status::Ok);
+        wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+        encoder.u32(u32::try_from(link_max).unwrap_or(u32::MAX));
+        encoder.u32(name_max);
+        encoder.bool(true); // no_trunc: long names are refused, not cut
+        encoder.bool(true); // chown_restricted
+        encoder.bool(false); // case_insensitive
+        encoder.bool(true); // case_preserving
+    }
+
+    fn commit(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
+        let object = match self.resolve(handle) {
+            Ok(object) => object,
+            Err(error) => {
+                status(encoder, error);
+                wire::wcc_data(encoder, None, None, 0);
+                return;
+            }
+        };
+        // Flushing is not a permission question (it changes no data), so it runs as the daemon
+        // on a read-only descriptor; `fsync` flushes every writer's dirty pages of the file.
+        let outcome = self
+            .writable(object.export)
+            .and_then(|()| require_regular(&object.stat))
+            .and_then(|()| {
+                let file = File::from(
+                    sys::reopen(object.fd.as_fd(), libc::O_RDONLY)
+                        .map_err(|e| Status::from_io(&e))?,
+                );
+                file.sync_all().map_err(|e| Status::from_io(&e))
+            });
+        let after = sys::fstat(object.fd.as_fd()).ok();
+        status(encoder, outcome.err().unwrap_or(Status::Ok));
+        wire::wcc_data(encoder, Some(&object.stat), after.as_ref(), object.fsid());
+        if outcome.is_ok() {
+            encoder.fixed_opaque(&self.service.write_verifier());
+        }
+    }
+}
+
+fn same_export(a: &Object<'_>, b: &Object<'_>) -> OpResult<()> {
+    if a.export.id == b.export.id {
+        Ok(())
+    } else {
+        Err(Status::XDev)
+    }
+}
+
+/// The atime and mtime an exclusive CREATE's verifier is stored in.
+fn verifier_times(verifier: [u8; 8]) -> (Time, Time) {
+    let seconds = |bytes: &[u8]| {
+        let mut word = [0u8; 4];
+        word.copy_from_slice(bytes);
+        // Kept within 31 bits so the value survives file systems with signed 32-bit times.
+        i64::from(u32::from_be_bytes(word) & 0x7fff_ffff)
+    };
+    (
+        Time {
+            seconds: seconds(&verifier[..4]),
+            nanoseconds: 0,
+        },
+        Time {
+            seconds: seconds(&verifier[4..]),
+            nanoseconds: 0,
+        },
+    )
+}
+
+/// Lists `opened` (the directory `dir`, open for reading) from `cookie`, encoding entries
+/// (`entry3` or `entryplus3`, each preceded by TRUE) until the reply would exceed `maxcount`.
+/// Returns the encoded entries and whether the end was reached.
+fn list_directory(
+    dir: &Object<'_>,
+    opened: &OwnedFd,
+    dir_handle: &[u8],
+    cookie: u64,
+    maxcount: u32,
+    plus: bool,
+) -> OpResult<(Vec<u8>, bool)> {
+    let export = dir.export;
+    let fsid = export.fsid();
+    let at_root = dir.stat.same_object(&export.root_stat);
+    // Fixed parts of the reply: status, dir attributes, verifier, final FALSE and eof.
+    let overhead = 4 + wire::POST_OP_ATTR_SIZE + 8 + 4 + 4;
+    let budget = (maxcount.min(MAX_DIR_REPLY) as usize).saturating_sub(overhead);
+    let mut entries = Vec::with_capacity(budget.min(64 * 1024));
+    let mut buffer = vec![0u8; 32 * 1024];
+    let mut position = cookie;
+    let mut count = 0usize;
+    loop {
+        let batch =
+            sys::read_dir_at(opened.as_fd(), position, &mut buffer).map_err(|error| match error
+                .raw_os_error()
+            {
+                Some(libc::EINVAL) => Status::BadCookie,
+                _ => Status::from_io(&error),
+            })?;
+        if batch.is_empty() {
+            return Ok((entries, true));
+        }
+        for entry in batch {
+            let mut encoded = Vec::with_capacity(256);
+            let encoder = &mut Encoder::new(&mut encoded);
+            encoder.bool(true);
+            let is_dotdot = entry.name == b"..";
+            // `..` of the export root is the root itself: nothing outside is ever named.
+            let fileid = if is_dotdot && at_root {
+                export.root_stat.ino
+            } else {
+                entry.ino
+            };
+            encoder.u64(fileid);
+            let _ = encoder.opaque(&entry.name, u32::MAX);
+            encoder.u64(entry.next_offset);
+            if plus {
+                let (stat, handle) = entry_attributes(dir, opened, dir_handle, &entry.name);
+                wire::post_op_attr(encoder, stat.as_ref(), fsid);
+                wire::post_op_fh3(encoder, handle.as_deref());
+            }
+            if entries.len() + encoded.len() > budget {
+                if count == 0 {
+                    return Err(Status::TooSmall);
+                }
+                return Ok((entries, false));
+            }
+            entries.extend_from_slice(&encoded);
+            count += 1;
+            position = entry.next_offset;
+        }
+    }
+}
+
+/// Attributes and handle of one READDIRPLUS entry; `None` for entries on another mount or that
+/// vanished meanwhile (both are allowed to be absent).
+fn entry_attributes(
+    dir: &Object<'_>,
+    opened: &OwnedFd,
+    dir_handle: &[u8],
+    name: &[u8],
+) -> (Option<Stat>, Option<Vec<u8>>) {
+    let export = dir.export;
+    match name {
+        b"." => return (Some(dir.stat), Some(dir_handle.to_vec())),
+        b".." => {
+            return match parent_of(dir) {
+                Ok((fd, stat)) => (Some(stat), handle_of(export, fd.as_fd()).ok()),
+                Err(_) => (None, None),
+            };
+        }
+        _ => {}
+    }
+    let Ok(name) = CString::new(name) else {
+        return (None, None);
+    };
+    let Ok(stat) = sys::statx(opened.as_fd(), &name) else {
+        return (None, None);
+    };
+    if stat.mount_id != export.root_stat.mount_id {
+        return (None, None);
+    }
+    let handle = export
+        .resolver
+        .object_id_at(opened.as_fd(), &name)
+        .ok()
+        .map(|object| export.handle_for(object));
+    (Some(stat), handle)
+}

@@ -1,0 +1,402 @@
+//! The gateway's programs behind the RPC core: the open exports (root descriptor, resolver,
+//! policy), the handle key and write verifier, and [`Service::handle`], which runs one
+//! dispatched call (portmap, MOUNT or NFSv3) and returns the framed reply.
+//!
+//! Everything here is synchronous; the serving loop (`server`) runs NFS and MOUNT calls on its
+//! blocking pool, because they make file-system system calls that may block for as long as the
+//! volume takes, and answers portmap inline.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cluster_config::{ClusterConfig, HandleScheme, NfsVersion};
+
+use crate::dispatch::Program;
+use crate::export::{ExportId, Policy};
+use crate::handle::{FileHandle, HandleKey, KernelResolver, ObjectResolver, ResolverError};
+use crate::hostname::HostNames;
+use crate::record::LAST_FRAGMENT;
+use crate::rpc::{
+    AcceptStatus, Call, MOUNT_PROGRAM, NFS_PROGRAM, PORTMAP_PROGRAM, ReplyBody, ReplyHeader,
+};
+use crate::sys::{self, Stat};
+use crate::xdr::Encoder;
+use crate::{mount, nfs3, portmap};
+
+/// One export as the service needs it, before it is opened.
+#[derive(Debug, Clone)]
+pub struct ExportSpec {
+    pub name: String,
+    /// The path clients mount over NFSv3 (the configuration's `pseudo`, e.g. `/data`).
+    pub mount_path: String,
+    /// Where the export lives on this node.
+    pub local_path: PathBuf,
+    pub policy: Policy,
+}
+
+impl ExportSpec {
+    /// The NFSv3 exports of a cluster configuration.
+    pub fn from_config(config: &ClusterConfig) -> Vec<ExportSpec> {
+        config
+            .nfs
+            .exports
+            .iter()
+            .filter(|export| export.protocols.contains(&NfsVersion::V3))
+            .map(|export| ExportSpec {
+                name: export.name.clone(),
+                mount_path: export.pseudo.clone(),
+                local_path: export.local_path(&config.volume),
+                policy: Policy {
+                    access: export.access,
+                    clients: export.clients.clone(),
+                    squash: export.squash,
+                    anon_uid: export.anon_uid,
+                    anon_gid: export.anon_gid,
+                },
+            })
+            .collect()
+    }
+}
+
+/// An export, open and checked.
+#[derive(Debug)]
+pub struct Export {
+    pub id: ExportId,
+    pub name: String,
+    pub mount_path: String,
+    pub local_path: PathBuf,
+    /// The export root, `O_PATH`; every lookup is resolved beneath it.
+    pub root: OwnedFd,
+    pub root_stat: Stat,
+    /// The root's NFS handle, as MNT returns it.
+    pub root_handle: Vec<u8>,
+    pub resolver: Box<dyn ObjectResolver>,
+    pub policy: Policy,
+    /// The cluster's handle key (the same for every export).
+    pub(crate) key: HandleKey,
+}
+
+impl Export {
+    /// The `fsid` clients see: the export id, the same on every node.
+    pub fn fsid(&self) -> u64 {
+        self.id.0
+    }
+
+    /// The sealed NFS handle of an object of this export.
+    pub fn handle_for(&self, object: crate::handle::ObjectId) -> Vec<u8> {
+        FileHandle {
+            scheme: self.resolver.scheme(),
+            export: self.id,
+            object,
+        }
+        .encode(&self.key)
+    }
+}
+
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open export {name} at {path}")]
+    OpenExport {
+        name: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("export {name}")]
+    Handles {
+        name: String,
+        #[source]
+        source: ResolverError,
+    },
+    #[error(
+        "export {name}: volume.handles {scheme} is not implemented yet; use kernel handles on a file system that supports them"
+    )]
+    SchemeUnavailable { name: String, scheme: &'static str },
+    #[error("exports {first} and {second} have the same export id; rename one")]
+    IdCollision { first: String, second: String },
+    #[error("cannot create the write verifier")]
+    Verifier(#[source] std::io::Error),
+}
+
+/// Ports the gateway serves on, for portmap answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// NFS and MOUNT (both on the NFS port, as NFS-Ganesha can).
+    pub nfs: u16,
+    /// portmap / rpcbind.
+    pub portmap: u16,
+}
+
+/// How to build a [`Service`].
+#[derive(Debug)]
+pub struct ServiceOptions {
+    pub ports: Ports,
+    pub handle_key: HandleKey,
+    /// The NFSv3 write verifier; `None` draws a random one, which is what a node should do at
+    /// every start (each incarnation must have its own, see [`Service::write_verifier`]).
+    pub write_verifier: Option<[u8; 8]>,
+    pub host_names: Arc<dyn HostNames>,
+    pub handles: HandleScheme,
+}
+
+/// The programs the gateway serves and their procedure counts.
+pub const PROGRAMS: &[Program] = &[
+    Program {
+        prog: PORTMAP_PROGRAM,
+        versions: 2..=2,
+        procedures: 6,
+    },
+    Program {
+        prog: PORTMAP_PROGRAM,
+        versions: 3..=3,
+        procedures: 9,
+    },
+    Program {
+        prog: PORTMAP_PROGRAM,
+        versions: 4..=4,
+        procedures: 13,
+    },
+    Program {
+        prog: MOUNT_PROGRAM,
+        versions: 3..=3,
+        procedures: 6,
+    },
+    Program {
+        prog: NFS_PROGRAM,
+        versions: 3..=3,
+        procedures: nfs3::wire::PROCEDURES,
+    },
+];
+
+/// The NFS service of one node.
+#[derive(Debug)]
+pub struct Service {
+    pub(crate) exports: Vec<Export>,
+    pub(crate) key: HandleKey,
+    write_verifier: [u8; 8],
+    pub(crate) ports: Ports,
+    host_names: Arc<dyn HostNames>,
+    /// MOUNT's advisory list of (client, path) pairs, for DUMP.
+    pub(crate) mounts: Mutex<BTreeSet<(String, String)>>,
+}
+
+/// What a procedure could not do at the RPC level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcError {
+    GarbageArgs,
+    ProcUnavail,
+    SystemErr,
+}
+
+impl From<crate::xdr::XdrError> for ProcError {
+    fn from(_: crate::xdr::XdrError) -> Self {
+        ProcError::GarbageArgs
+    }
+}
+
+/// One client connection (or, for datagrams, one sender): where calls come from and which
+/// exports admit it, decided once.
+#[derive(Debug)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    admitted: OnceLock<Vec<bool>>,
+}
+
+impl Connection {
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        Connection {
+            peer,
+            local,
+            admitted: OnceLock::new(),
+        }
+    }
+}
+
+impl Service {
+    /// Opens and checks every export: the directory exists, its file system produces handles
+    /// that open again (and is not FUSE), and export ids are distinct.
+    pub fn new(specs: Vec<ExportSpec>, options: ServiceOptions) -> Result<Service, StartupError> {
+        let mut exports: Vec<Export> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let display = spec.local_path.display().to_string();
+            let open_error = |source| StartupError::OpenExport {
+                name: spec.name.clone(),
+                path: display.clone(),
+                source,
+            };
+            let path = std::ffi::CString::new(spec.local_path.as_os_str().as_encoded_bytes())
+                .map_err(|_| open_error(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+            let root =
+                sys::openat(None, &path, libc::O_PATH | libc::O_DIRECTORY).map_err(open_error)?;
+            let root_stat = sys::fstat(root.as_fd()).map_err(open_error)?;
+            let resolver: Box<dyn ObjectResolver> = match options.handles {
+                HandleScheme::Auto | HandleScheme::Kernel => {
+                    Box::new(KernelResolver::new(&root, &display).map_err(|source| {
+                        StartupError::Handles {
+                            name: spec.name.clone(),
+                            source,
+                        }
+                    })?)
+                }
+                HandleScheme::GlusterfsGfid => {
+                    return Err(StartupError::SchemeUnavailable {
+                        name: spec.name.clone(),
+                        scheme: "glusterfs-gfid",
+                    });
+                }
+            };
+            let id = ExportId::of_name(&spec.name);
+            if let Some(other) = exports.iter().find(|export| export.id == id) {
+                return Err(StartupError::IdCollision {
+                    first: other.name.clone(),
+                    second: spec.name.clone(),
+                });
+            }
+            let object =
+                resolver
+                    .object_id(root.as_fd())
+                    .map_err(|source| StartupError::Handles {
+                        name: spec.name.clone(),
+                        source: ResolverError::Io {
+                            path: display.clone(),
+                            source,
+                        },
+                    })?;
+            let root_handle = FileHandle {
+                scheme: resolver.scheme(),
+                export: id,
+                object,
+            }
+            .encode(&options.handle_key);
+            exports.push(Export {
+                id,
+                name: spec.name,
+                mount_path: spec.mount_path,
+                local_path: spec.local_path,
+                root,
+                root_stat,
+                root_handle,
+                resolver,
+                policy: spec.policy,
+                key: options.handle_key.clone(),
+            });
+        }
+        let write_verifier = match options.write_verifier {
+            Some(verifier) => verifier,
+            None => sys::random_u64()
+                .map_err(StartupError::Verifier)?
+                .to_be_bytes(),
+        };
+        Ok(Service {
+            exports,
+            key: options.handle_key,
+            write_verifier,
+            ports: options.ports,
+            host_names: options.host_names,
+            mounts: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The exports, in configuration order.
+    pub fn exports(&self) -> &[Export] {
+        &self.exports
+    }
+
+    /// The NFSv3 write verifier of this incarnation: UNSTABLE writes and COMMITs report it, and
+    /// a client that sees it change re-sends every write not yet committed. It is drawn at
+    /// random at start, so it differs between nodes and between restarts of one node.
+    pub fn write_verifier(&self) -> [u8; 8] {
+        self.write_verifier
+    }
+
+    /// Whether export `index` admits the client of `connection` (decided once per connection;
+    /// host entries cost a lookup).
+    pub(crate) fn admits(&self, connection: &Connection, index: usize) -> bool {
+        let admitted = connection.admitted.get_or_init(|| {
+            let mut names: Option<Vec<String>> = None;
+            self.exports
+                .iter()
+                .map(|export| {
+                    export.policy.admits(connection.peer.ip(), || {
+                        names
+                            .get_or_insert_with(|| self.host_names.names(connection.peer.ip()))
+                            .clone()
+                    })
+                })
+                .collect()
+        });
+        admitted.get(index).copied().unwrap_or(false)
+    }
+
+    /// The export with id `id` and its index.
+    pub(crate) fn export_by_id(&self, id: ExportId) -> Option<(usize, &Export)> {
+        self.exports
+            .iter()
+            .enumerate()
+            .find(|(_, export)| export.id == id)
+    }
+
+    /// Whether calls to `program` are cheap and never block, so the serving loop may answer
+    /// them on its async workers.
+    pub fn is_inline(program: u32) -> bool {
+        program == PORTMAP_PROGRAM
+    }
+
+    /// Runs a dispatched call and returns the complete, record-marked reply.
+    pub fn handle(&self, connection: &Connection, call: &Call, args: &[u8]) -> Vec<u8> {
+        let mut out = begin_reply(call.xid);
+        let outcome = match call.program {
+            PORTMAP_PROGRAM => portmap::call(self, connection, call, args, &mut out),
+            MOUNT_PROGRAM => mount::call(self, connection, call, args, &mut out),
+            NFS_PROGRAM => nfs3::call(self, connection, call, args, &mut out),
+            _ => Err(ProcError::ProcUnavail),
+        };
+        match outcome {
+            Ok(()) => finish_reply(out),
+            Err(error) => {
+                let status = match error {
+                    ProcError::GarbageArgs => AcceptStatus::GarbageArgs,
+                    ProcError::ProcUnavail => AcceptStatus::ProcUnavail,
+                    ProcError::SystemErr => AcceptStatus::SystemErr,
+                };
+                framed_reply(&ReplyHeader {
+                    xid: call.xid,
+                    body: ReplyBody::accepted(status),
+                })
+            }
+        }
+    }
+}
+
+/// A reply buffer with room for the record mark and an accepted SUCCESS header; results are
+/// appended, then [`finish_reply`] fills in the mark.
+fn begin_reply(xid: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[0; 4]);
+    ReplyHeader {
+        xid,
+        body: ReplyBody::success(),
+    }
+    .encode(&mut Encoder::new(&mut out));
+    out
+}
+
+/// Writes the record mark of a single-fragment record (every reply fits one: the largest is a
+/// 1 MiB READ plus headers, well under the 2 GiB a fragment can hold).
+fn finish_reply(mut out: Vec<u8>) -> Vec<u8> {
+    let length = u32::try_from(out.len().saturating_sub(4)).unwrap_or(0);
+    out[..4].copy_from_slice(&(LAST_FRAGMENT | length).to_be_bytes());
+    out
+}
+
+/// A complete, record-marked reply with no results (errors and rejections).
+pub fn framed_reply(header: &ReplyHeader) -> Vec<u8> {
+    let mut out = vec![0; 4];
+    header.encode(&mut Encoder::new(&mut out));
+    finish_reply(out)
+}
