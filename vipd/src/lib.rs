@@ -4,3 +4,4 @@
 pub mod announce;
 pub mod apply;
 pub mod placement;
+pub mod transport;
