@@ -12,3 +12,4 @@ pub mod placement;
 pub mod state;
 pub mod storage;
 pub mod tickle;
+pub mod transport;
