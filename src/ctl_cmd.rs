@@ -132,6 +132,10 @@ pub struct NodeDaemonArgs {
     /// configured on this machine.
     #[arg(long)]
     pub name: Option<String>,
+    /// Where the Raft log lives; overrides the cluster file's `data_dir` (for several nodes on
+    /// one machine, as in the demo).
+    #[arg(long, env = "VIPGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Membership changes, agreed through Raft.
@@ -660,6 +664,7 @@ mod tests {
             epoch,
             state,
             lease_left_ms: lease,
+            connections: 0,
         };
         IpReport {
             this_node: 0,

@@ -52,6 +52,26 @@ enum DemoCommand {
         #[arg(required = true, last = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Send a signal to a node's `vipgate node` daemon (default KILL; STOP freezes it, CONT
+    /// thaws it, TERM stops it cleanly).
+    Kill {
+        /// The lab; may be omitted when exactly one runs.
+        #[arg(long)]
+        lab: Option<String>,
+        /// The node: node1, node2, ….
+        host: String,
+        /// KILL, STOP, CONT or TERM.
+        #[arg(long, short, default_value = "KILL", value_parser = ["KILL", "STOP", "CONT", "TERM"])]
+        signal: String,
+    },
+    /// Start a node's `vipgate node` daemon again.
+    Restart {
+        /// The lab; may be omitted when exactly one runs.
+        #[arg(long)]
+        lab: Option<String>,
+        /// The node: node1, node2, ….
+        host: String,
+    },
     /// Remove a lab: stop its processes, delete its namespaces.
     Down {
         /// The lab; may be omitted when exactly one runs.
@@ -71,6 +91,8 @@ pub fn run(args: DemoArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         }
         Some(DemoCommand::Exec { lab, host, command }) => exec(lab, &host, &command),
         Some(DemoCommand::Down { name, all }) => down(name, all, globals),
+        Some(DemoCommand::Kill { lab, host, signal }) => kill(lab, &host, &signal),
+        Some(DemoCommand::Restart { lab, host }) => restart(lab, &host),
     }
 }
 
@@ -95,6 +117,26 @@ fn start(args: StartArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         );
     }
     let lab = Lab::create(&spec)?;
+    let vipgate = std::env::current_exe().context("cannot find this program to run its nodes")?;
+    if !globals.json {
+        eprintln!("starting `vipgate node` on every node …");
+    }
+    lab.start_cluster(&vipgate)?;
+    let started = std::time::Instant::now();
+    match wait_for_cluster(&lab) {
+        Ok(summary) => {
+            if !globals.json {
+                eprintln!(
+                    "cluster up in {:.1}s: {summary}",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Err(error) => eprintln!(
+            "warning: {error:#} (see the node logs under {})",
+            vipgate::lab::state::lab_dir(lab.name()).display()
+        ),
+    }
     if globals.json {
         println!(
             "{}",
@@ -122,6 +164,37 @@ fn start(args: StartArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         println!("lab {name} removed");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until every VIP of the lab is hosted, asking node1's daemon; returns a summary.
+fn wait_for_cluster(lab: &Lab) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let socket = vipgate::lab::cluster::socket_path(lab.name(), "node1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut last = String::from("no answer from node1 yet");
+    while std::time::Instant::now() < deadline {
+        let answer = runtime.block_on(vipd::control::call(
+            &socket,
+            &vipd::control::Request::Ip { all: true },
+            std::time::Duration::from_secs(1),
+        ));
+        match answer {
+            Ok(vipd::control::Response::Ips(report)) => {
+                let hosted = report.ips.iter().filter(|ip| ip.owner.is_some()).count();
+                last = format!("{hosted} of {} addresses hosted", report.ips.len());
+                if hosted == report.ips.len() && hosted > 0 {
+                    return Ok(last);
+                }
+            }
+            Ok(other) => last = format!("unexpected answer {other:?}"),
+            Err(error) => last = error.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    anyhow::bail!("the cluster did not come up within 20s: {last}")
 }
 
 /// Blocks until SIGINT or SIGTERM.
@@ -162,7 +235,25 @@ fn describe(plan: &Plan) -> String {
         .last()
         .map(|host| host.name.as_str())
         .unwrap_or("node1");
+    let _ = writeln!(
+        text,
+        "\nPublic addresses (VIPs): {}",
+        vipgate::lab::cluster::VIPS.join(", ")
+    );
     let _ = writeln!(text, "\nTry:");
+    let _ = writeln!(text, "  vipgate demo exec {first_node} -- vipgate status");
+    let _ = writeln!(
+        text,
+        "  vipgate demo exec {first_node} -- vipgate ip all -v"
+    );
+    let _ = writeln!(
+        text,
+        "  vipgate demo kill {last_node}          # SIGKILL its daemon; its addresses move"
+    );
+    let _ = writeln!(
+        text,
+        "  vipgate demo restart {last_node}       # start it again"
+    );
     let _ = writeln!(text, "  vipgate demo exec {first_node} -- ip -br addr");
     if let Some(client) = plan.hosts_of(Role::Client).next() {
         let _ = writeln!(
@@ -348,5 +439,37 @@ fn down(name: Option<String>, all: bool, globals: &Globals) -> anyhow::Result<Ex
     if globals.json {
         println!("{}", serde_json::json!({ "removed": names }));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kill(lab_name: Option<String>, host: &str, signal: &str) -> anyhow::Result<ExitCode> {
+    require_root()?;
+    let lab = Lab::open(&resolve_lab(lab_name)?)?;
+    let Some(daemon) = lab.node_daemon(host)? else {
+        bail!("no `vipgate node` runs on {host} (start it with `vipgate demo restart {host}`)");
+    };
+    let signal = match signal {
+        "STOP" => nix::sys::signal::Signal::SIGSTOP,
+        "CONT" => nix::sys::signal::Signal::SIGCONT,
+        "TERM" => nix::sys::signal::Signal::SIGTERM,
+        _ => nix::sys::signal::Signal::SIGKILL,
+    };
+    daemon.signal(signal);
+    println!(
+        "sent {signal} to vipgate node on {host} (pid {})",
+        daemon.pid
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restart(lab_name: Option<String>, host: &str) -> anyhow::Result<ExitCode> {
+    require_root()?;
+    let lab = Lab::open(&resolve_lab(lab_name)?)?;
+    if let Some(daemon) = lab.node_daemon(host)? {
+        bail!("vipgate node already runs on {host} (pid {})", daemon.pid);
+    }
+    let vipgate = std::env::current_exe().context("cannot find this program")?;
+    let child = lab.start_node(host, &vipgate)?;
+    println!("started vipgate node on {host} (pid {})", child.id());
     Ok(ExitCode::SUCCESS)
 }

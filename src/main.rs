@@ -5,8 +5,8 @@
 mod config_cmd;
 mod ctl_cmd;
 mod demo_cmd;
-mod node_cmd;
 mod nfs_cmd;
+mod node_cmd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

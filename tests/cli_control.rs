@@ -98,6 +98,7 @@ fn public_ips() -> IpReport {
                 epoch: 3,
                 state: VipPhase::Held,
                 lease_left_ms: Some(1250),
+                connections: 0,
             },
             IpStatus {
                 address: "192.0.2.102".parse().unwrap(),
@@ -108,6 +109,7 @@ fn public_ips() -> IpReport {
                 epoch: 7,
                 state: VipPhase::Unassigned,
                 lease_left_ms: None,
+                connections: 0,
             },
         ],
     }

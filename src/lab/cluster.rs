@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use super::plan::PUBLIC_INTERFACE;
 use super::{Network, Plan, Role, state};
 
-/// The lab's VIPs: three IPv4 and one IPv6, on the public network.
+/// The lab's VIPs: three IPv4 and one IPv6, on the public network (nodes are .11…, clients
+/// .101…, so VIPs live at .201…).
 pub const VIPS: [&str; 4] = [
-    "192.0.2.101/24",
-    "192.0.2.102/24",
-    "192.0.2.103/24",
-    "2001:db8:0:1::101/64",
+    "192.0.2.201/24",
+    "192.0.2.202/24",
+    "192.0.2.203/24",
+    "2001:db8:0:1::201/64",
 ];
 
 /// The cluster file of a lab.

@@ -452,6 +452,19 @@ impl Lab {
         self.spawn(host, command)
     }
 
+    /// The running `vipgate node` process of `host`, if any.
+    pub fn node_daemon(&self, host: &str) -> Result<Option<ProcessId>, LabError> {
+        let record =
+            state::load(self.name()).context(|| format!("cannot read lab {}", self.name()))?;
+        Ok(record
+            .processes
+            .iter()
+            .rev()
+            .filter(|process| process.host == host && process.command.contains("\"node\""))
+            .map(|process| process.id)
+            .find(ProcessId::is_alive))
+    }
+
     /// Cuts `host` off `networks` by unplugging its switch ports from their bridges. The host's
     /// own interfaces stay up with carrier, as when a switch or cable fails further away, so the
     /// host learns of the partition only from silence.

@@ -236,7 +236,8 @@ pub struct IpReport {
 ///
 /// JSON fields: `address`, `prefix_len`, `owner` (pnn, `null` when unhosted), `owner_name`,
 /// `interface` (on the owner), `epoch` (bumped at every change of owner), `state` (`"held"`,
-/// `"releasing"`, `"unassigned"`), `lease_left_ms` (only when the answering node is the owner).
+/// `"releasing"`, `"unassigned"`), `lease_left_ms` (only when the answering node is the owner),
+/// `connections` (client connections known for tickles after a move).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpStatus {
     pub address: IpAddr,
@@ -247,6 +248,8 @@ pub struct IpStatus {
     pub epoch: u64,
     pub state: VipPhase,
     pub lease_left_ms: Option<u64>,
+    #[serde(default)]
+    pub connections: u64,
 }
 
 /// Where a VIP stands. JSON: `"held"`, `"releasing"`, `"unassigned"`.
@@ -956,6 +959,7 @@ mod tests {
                 epoch: 3,
                 state: VipPhase::Releasing,
                 lease_left_ms: Some(1200),
+                connections: 0,
             }],
         };
         let table = [

@@ -4,6 +4,7 @@
 pub mod announce;
 pub mod apply;
 pub mod control;
+pub mod daemon;
 pub mod health;
 pub mod leader;
 pub mod lease;

@@ -513,7 +513,7 @@ impl<S: LogStore> NodeCore<S> {
             // time (cluster start) is settled at once, so a new cluster balances immediately.
             if leader::may_host(&self.state, &observed, &settings, pnn) {
                 let since = if self.ever_available.insert(pnn) {
-                    0
+                    now.saturating_sub(self.settings.leader.hold_down_ms)
                 } else {
                     now
                 };

@@ -24,6 +24,11 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::lease::Pnn;
+use crate::tickle::Connection;
+
+/// Most client connections remembered per VIP; a busy VIP's clients beyond this reconnect by
+/// timeout instead of by tickle.
+pub const MAX_CONNECTIONS_PER_VIP: usize = 4096;
 
 /// The version of the serialized state (snapshots) and commands.
 pub const FORMAT_VERSION: u32 = 1;
@@ -167,6 +172,12 @@ pub enum Command {
         from: Pnn,
         generation: u64,
     },
+    /// The owner's established client connections of a VIP, for tickles after a move.
+    SetConnections {
+        vip: IpAddr,
+        by: Pnn,
+        connections: Vec<Connection>,
+    },
 }
 
 /// What applying a command did.
@@ -184,6 +195,9 @@ pub struct ClusterState {
     pub vips: BTreeMap<IpAddr, Vip>,
     /// The digest of the configuration last applied.
     pub config_digest: Option<String>,
+    /// Client connections known per VIP, as their owner last reported them.
+    #[serde(default)]
+    pub connections: BTreeMap<IpAddr, BTreeSet<Connection>>,
 }
 
 fn rejected(reason: String) -> Outcome {
@@ -289,6 +303,31 @@ impl ClusterState {
                 vip_state.phase = VipPhase::Unassigned;
                 Ok(())
             }),
+            Command::SetConnections {
+                vip,
+                by,
+                connections,
+            } => {
+                let owned = self
+                    .vips
+                    .get(vip)
+                    .is_some_and(|state| state.owner == Some(*by) && state.phase == VipPhase::Held);
+                if !owned {
+                    return rejected(format!("node {by} does not hold {vip}"));
+                }
+                let connections: BTreeSet<Connection> = connections
+                    .iter()
+                    .filter(|connection| connection.server.ip() == *vip)
+                    .take(MAX_CONNECTIONS_PER_VIP)
+                    .copied()
+                    .collect();
+                if connections.is_empty() {
+                    self.connections.remove(vip);
+                } else {
+                    self.connections.insert(*vip, connections);
+                }
+                Outcome::Applied
+            }
             Command::Revoke {
                 vip,
                 epoch,
@@ -347,6 +386,7 @@ impl ClusterState {
         vip_state.epoch += 1;
         if !vip_state.configured && vip_state.phase == VipPhase::Unassigned {
             self.vips.remove(&vip);
+            self.connections.remove(&vip);
         }
         Outcome::Applied
     }
@@ -761,6 +801,66 @@ mod tests {
             },
         );
         assert!(!state.vips.contains_key(&dropped));
+    }
+
+    #[test]
+    fn only_the_owner_reports_connections_and_only_of_its_vip() {
+        let mut state = cluster();
+        let vip = ip("192.0.2.101");
+        let connection = |server: &str, client: &str| Connection {
+            server: server.parse().unwrap(),
+            client: client.parse().unwrap(),
+        };
+        let report = vec![
+            connection("192.0.2.101:2049", "192.0.2.201:900"),
+            connection("192.0.2.102:2049", "192.0.2.201:901"),
+        ];
+        refused(
+            &mut state,
+            Command::SetConnections {
+                vip,
+                by: 0,
+                connections: report.clone(),
+            },
+        );
+        applied(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 0,
+                to: 0,
+            },
+        );
+        refused(
+            &mut state,
+            Command::SetConnections {
+                vip,
+                by: 1,
+                connections: report.clone(),
+            },
+        );
+        applied(
+            &mut state,
+            Command::SetConnections {
+                vip,
+                by: 0,
+                connections: report,
+            },
+        );
+        assert_eq!(
+            state.connections[&vip].len(),
+            1,
+            "another VIP's connection is dropped"
+        );
+        applied(
+            &mut state,
+            Command::SetConnections {
+                vip,
+                by: 0,
+                connections: vec![],
+            },
+        );
+        assert!(!state.connections.contains_key(&vip));
     }
 
     #[test]
