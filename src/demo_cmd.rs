@@ -105,6 +105,15 @@ fn require_root() -> anyhow::Result<()> {
 
 fn start(args: StartArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     require_root()?;
+    // Ctrl-C or SIGTERM at any point, even while the lab is being built, must end in a clean
+    // teardown: block both now (threads started later inherit the mask; children get a clean
+    // mask from std) and take them with sigwait once the lab is up.
+    let shutdown_signals = shutdown_signals();
+    if !args.detach {
+        shutdown_signals
+            .thread_block()
+            .context("cannot block SIGINT and SIGTERM")?;
+    }
     let spec = LabSpec {
         name: args.name,
         nodes: usize::from(args.nodes),
@@ -157,7 +166,9 @@ fn start(args: StartArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     if !globals.json {
         println!("\nPress Ctrl-C to remove the lab (or start it with --detach to keep it).");
     }
-    wait_for_shutdown_signal()?;
+    shutdown_signals
+        .wait()
+        .context("cannot wait for SIGINT or SIGTERM")?;
     let name = lab.name().to_owned();
     lab.teardown()?;
     if !globals.json {
@@ -197,21 +208,12 @@ fn wait_for_cluster(lab: &Lab) -> anyhow::Result<String> {
     anyhow::bail!("the cluster did not come up within 20s: {last}")
 }
 
-/// Blocks until SIGINT or SIGTERM.
-fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal listener")?;
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("cannot listen for SIGINT"),
-            _ = terminate.recv() => Ok(()),
-        }
-    })
+/// The signals that end a foreground demo.
+fn shutdown_signals() -> nix::sys::signal::SigSet {
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    signals
 }
 
 /// A person's view of a lab: its hosts and what to try.

@@ -360,10 +360,15 @@ impl Lab {
                     "VIPGATE_DATA_DIR",
                     cluster::data_dir(self.name(), &host.name),
                 );
-            mounts.push((
+            let (source, target) = (
                 cluster::volume_source(self.name()),
                 cluster::volume_mount(self.name()),
-            ));
+            );
+            // Only a cluster started by `start_cluster` has the mount point; a test may write
+            // its own cluster file with another volume.
+            if source.is_dir() && target.is_dir() {
+                mounts.push((source, target));
+            }
         }
         let binds: Vec<(CString, CString)> = mounts
             .iter()
