@@ -343,6 +343,24 @@ impl Context<'_> {
         resolve(self.service, self.connection, handle)
     }
 
+    /// Resolves `handle`, or encodes the error status followed by the procedure's empty
+    /// attribute part (`empty`) and returns `None`.
+    fn resolve_or_reply(
+        &self,
+        handle: &[u8],
+        encoder: &mut Encoder<'_>,
+        empty: fn(&mut Encoder<'_>),
+    ) -> Option<Object<'_>> {
+        match self.resolve(handle) {
+            Ok(object) => Some(object),
+            Err(error) => {
+                status(encoder, error);
+                empty(encoder);
+                None
+            }
+        }
+    }
+
     fn identity(&self, export: &Export) -> Identity {
         export.policy.identity(&self.call.credential)
     }
@@ -372,13 +390,8 @@ impl Context<'_> {
         guard: Option<Time>,
         encoder: &mut Encoder<'_>,
     ) {
-        let object = match self.resolve(handle) {
-            Ok(object) => object,
-            Err(error) => {
-                status(encoder, error);
-                wire::wcc_data(encoder, None, None, 0);
-                return;
-            }
+        let Some(object) = self.resolve_or_reply(handle, encoder, no_wcc_data) else {
+            return;
         };
         let outcome = self.writable(object.export).and_then(|()| {
             if let Some(guard) = guard
@@ -453,13 +466,8 @@ impl Context<'_> {
     }
 
     fn access(&self, handle: &[u8], wanted: u32, encoder: &mut Encoder<'_>) {
-        let object = match self.resolve(handle) {
-            Ok(object) => object,
-            Err(error) => {
-                status(encoder, error);
-                wire::post_op_attr(encoder, None, 0);
-                return;
-            }
+        let Some(object) = self.resolve_or_reply(handle, encoder, no_attributes) else {
+            return;
         };
         let identity = self.identity(object.export);
         let writable = object.export.policy.writable();
@@ -502,13 +510,8 @@ impl Context<'_> {
     }
 
     fn readlink(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
-        let object = match self.resolve(handle) {
-            Ok(object) => object,
-            Err(error) => {
-                status(encoder, error);
-                wire::post_op_attr(encoder, None, 0);
-                return;
-            }
+        let Some(object) = self.resolve_or_reply(handle, encoder, no_attributes) else {
+            return;
         };
         let target = if object.stat.is_symlink() {
             sys::read_link(object.fd.as_fd()).map_err(|e| Status::from_io(&e))
@@ -529,13 +532,8 @@ impl Context<'_> {
     }
 
     fn read(&self, handle: &[u8], offset: u64, count: u32, encoder: &mut Encoder<'_>) {
-        let object = match self.resolve(handle) {
-            Ok(object) => object,
-            Err(error) => {
-                status(encoder, error);
-                wire::post_op_attr(encoder, None, 0);
-                return;
-            }
+        let Some(object) = self.resolve_or_reply(handle, encoder, no_attributes) else {
+            return;
         };
         let count = count.min(MAX_IO) as usize;
         let identity = self.identity(object.export);
@@ -610,13 +608,8 @@ impl Context<'_> {
         data: &[u8],
         encoder: &mut Encoder<'_>,
     ) {
-        let object = match self.resolve(handle) {
-            Ok(object) => object,
-            Err(error) => {
-                status(encoder, error);
-                wire::wcc_data(encoder, None, None, 0);
-                return;
-            }
+        let Some(object) = self.resolve_or_reply(handle, encoder, no_wcc_data) else {
+            return;
         };
         let identity = self.identity(object.export);
         let outcome = self
@@ -679,21 +672,8 @@ impl Context<'_> {
         wire::wcc_data(encoder, Some(&dir.stat), after.as_ref(), dir.fsid());
     }
 
-    /// Resolves a directory for a modifying call; on failure encodes the status and an empty
-    /// `wcc_data` and returns `None`.
-    fn modifiable_dir(&self, handle: &[u8], encoder: &mut Encoder<'_>) -> Option<Object<'_>> {
-        match self.resolve(handle) {
-            Ok(dir) => Some(dir),
-            Err(error) => {
-                status(encoder, error);
-                wire::wcc_data(encoder, None, None, 0);
-                None
-            }
-        }
-    }
-
     fn create(&self, place: DirOp<'_>, how: CreateHow, encoder: &mut Encoder<'_>) {
-        let Some(dir) = self.modifiable_dir(place.dir, encoder) else {
+        let Some(dir) = self.resolve_or_reply(place.dir, encoder, no_wcc_data) else {
             return;
         };
         let identity = self.identity(dir.export);
@@ -780,7 +760,7 @@ impl Context<'_> {
     }
 
     fn make(&self, place: DirOp<'_>, what: Make<'_>, encoder: &mut Encoder<'_>) {
-        let Some(dir) = self.modifiable_dir(place.dir, encoder) else {
+        let Some(dir) = self.resolve_or_reply(place.dir, encoder, no_wcc_data) else {
             return;
         };
         let identity = self.identity(dir.export);
@@ -844,7 +824,7 @@ impl Context<'_> {
     }
 
     fn remove(&self, place: DirOp<'_>, directory: bool, encoder: &mut Encoder<'_>) {
-        let Some(dir) = self.modifiable_dir(place.dir, encoder) else {
+        let Some(dir) = self.resolve_or_reply(place.dir, encoder, no_wcc_data) else {
             return;
         };
         let identity = self.identity(dir.export);
@@ -943,13 +923,8 @@ impl Context<'_> {
         plus: Option<()>,
         encoder: &mut Encoder<'_>,
     ) {
-        let dir = match self.resolve(handle) {
-            Ok(dir) => dir,
-            Err(error) => {
-                status(encoder, error);
-                wire::post_op_attr(encoder, None, 0);
-                return;
-            }
+        let Some(dir) = self.resolve_or_reply(handle, encoder, no_attributes) else {
+            return;
         };
         let identity = self.identity(dir.export);
         let fsid = dir.fsid();
@@ -977,13 +952,8 @@ impl Context<'_> {
     }
 
     fn fsstat(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
-        let object = match self.resolve(handle) {
-            Ok(object) => object,
-            Err(error) => {
-                status(encoder, error);
-                wire::post_op_attr(encoder, None, 0);
-                return;
-            }
+        let Some(object) = self.resolve_or_reply(handle, encoder, no_attributes) else {
+            return;
         };
         match sys::fstatfs(object.fd.as_fd()) {
             Ok(fs) => {
@@ -1005,13 +975,8 @@ impl Context<'_> {
     }
 
     fn fsinfo(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
-        let object = match self.resolve(handle) {
-            Ok(object) => object,
-            Err(error) => {
-                status(encoder, error);
-                wire::post_op_attr(encoder, None, 0);
-                return;
-            }
+        let Some(object) = self.resolve_or_reply(handle, encoder, no_attributes) else {
+            return;
         };
         status(encoder, Status::Ok);
         wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
@@ -1030,13 +995,8 @@ impl Context<'_> {
     }
 
     fn pathconf(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
-        let object = match self.resolve(handle) {
-            Ok(object) => object,
-            Err(error) => {
-                status(encoder, error);
-                wire::post_op_attr(encoder, None, 0);
-                return;
-            }
+        let Some(object) = self.resolve_or_reply(handle, encoder, no_attributes) else {
+            return;
         };
         let name_max = sys::fstatfs(object.fd.as_fd())
             .map(|fs| u32::try_from(fs.name_max).unwrap_or(255))
@@ -1054,13 +1014,8 @@ impl Context<'_> {
     }
 
     fn commit(&self, handle: &[u8], encoder: &mut Encoder<'_>) {
-        let object = match self.resolve(handle) {
-            Ok(object) => object,
-            Err(error) => {
-                status(encoder, error);
-                wire::wcc_data(encoder, None, None, 0);
-                return;
-            }
+        let Some(object) = self.resolve_or_reply(handle, encoder, no_wcc_data) else {
+            return;
         };
         // Flushing is not a permission question (it changes no data), so it runs as the daemon
         // on a read-only descriptor; `fsync` flushes every writer's dirty pages of the file.
@@ -1209,4 +1164,14 @@ fn entry_attributes(
         .ok()
         .map(|object| export.handle_for(object));
     (Some(stat), handle)
+}
+
+/// The empty `post_op_attr` of a reply whose object could not be resolved.
+fn no_attributes(encoder: &mut Encoder<'_>) {
+    wire::post_op_attr(encoder, None, 0);
+}
+
+/// The empty `wcc_data` of a reply whose object could not be resolved.
+fn no_wcc_data(encoder: &mut Encoder<'_>) {
+    wire::wcc_data(encoder, None, None, 0);
 }
