@@ -71,40 +71,16 @@ mod tests {
         AuthSys, MOUNT_PROGRAM, NFS_PROGRAM, OpaqueAuth, PORTMAP_PROGRAM, RPCSEC_GSS,
     };
 
-    /// The table the gateway will register: portmap/rpcbind 2–4, MOUNT 3, NFS 3 and 4.
+    /// The gateway's own table, plus an NFSv4 entry so version mismatches within NFS are
+    /// exercised too.
     fn table() -> Vec<Program> {
-        vec![
-            Program {
-                prog: PORTMAP_PROGRAM,
-                versions: 2..=2,
-                procedures: 6,
-            },
-            Program {
-                prog: PORTMAP_PROGRAM,
-                versions: 3..=3,
-                procedures: 9,
-            },
-            Program {
-                prog: PORTMAP_PROGRAM,
-                versions: 4..=4,
-                procedures: 13,
-            },
-            Program {
-                prog: MOUNT_PROGRAM,
-                versions: 3..=3,
-                procedures: 6,
-            },
-            Program {
-                prog: NFS_PROGRAM,
-                versions: 3..=3,
-                procedures: 22,
-            },
-            Program {
-                prog: NFS_PROGRAM,
-                versions: 4..=4,
-                procedures: 2,
-            },
-        ]
+        let mut table = crate::service::PROGRAMS.to_vec();
+        table.push(Program {
+            prog: NFS_PROGRAM,
+            versions: 4..=4,
+            procedures: 2,
+        });
+        table
     }
 
     fn call(program: u32, version: u32, procedure: u32, credential: Credential) -> Call {
