@@ -247,7 +247,7 @@ pub async fn run(
             _ = interval.tick() => {}
             Some(event) = peer_events.recv() => match event {
                 PeerEvent::Message { from, payload } => {
-                    core.tick(millis_since(started), unix_ms());
+                    core.set_time(millis_since(started), unix_ms());
                     core.receive(from, &payload);
                 }
                 PeerEvent::Unreachable { peer } => core.unreachable(peer),
@@ -263,7 +263,7 @@ pub async fn run(
                 core.set_health(report.healthy, failing);
             }
             Some((request, reply)) = control_requests.recv() => {
-                core.tick(millis_since(started), unix_ms());
+                core.set_time(millis_since(started), unix_ms());
                 handle_request(&mut core, request, reply, &mut pending);
             }
         }
@@ -272,7 +272,9 @@ pub async fn run(
         for (to, payload) in core.take_outbox() {
             transport.send(to, payload);
         }
-        kernel.drive(&mut core).await;
+        kernel
+            .drive(&mut core, || (millis_since(started), unix_ms()))
+            .await;
         core.process_ready()?;
         for (to, payload) in core.take_outbox() {
             transport.send(to, payload);
@@ -315,33 +317,33 @@ struct Kernel {
     /// What the kernel had after the last reconcile.
     present: BTreeSet<IpAddr>,
     /// The held set (address, interface, lifetime in seconds) at the last reconcile.
-    last_applied: Option<Vec<(ipnet::IpNet, String, Option<u32>)>>,
+    last_applied: Option<HeldShape>,
     last_renewal: Instant,
     ping_interval: Duration,
 }
 
 impl Kernel {
     /// Reconciles when the held set or a lifetime changed, and at every ping interval to renew.
-    async fn drive<S: LogStore>(&mut self, core: &mut NodeCore<S>) {
-        let held = core.held();
-        let shape: Vec<(ipnet::IpNet, String, Option<u32>)> = held
-            .iter()
-            .map(|vip| {
-                (
-                    vip.address,
-                    vip.interface.clone(),
-                    crate::apply::lifetime_for(vip.lease_left),
-                )
-            })
-            .collect();
+    /// The clock is read again after each reconcile: if the lease ran out while the netlink
+    /// calls were under way (the daemon was paused), the addresses go at once.
+    async fn drive<S: LogStore>(&mut self, core: &mut NodeCore<S>, clock: impl Fn() -> (u64, u64)) {
         let due = self.last_renewal.elapsed() >= self.ping_interval;
-        if self.last_applied.as_ref() == Some(&shape) && !due {
-            core.kernel_has(&self.present);
-            return;
+        let mut shape = held_shape(&core.held());
+        if self.last_applied.as_ref() != Some(&shape) || due {
+            // The lifetime only shrinks while the clock runs, so this settles in two rounds;
+            // the bound is a guard.
+            for _ in 0..3 {
+                self.reconcile(&core.held(), core).await;
+                self.last_applied = Some(shape);
+                self.last_renewal = Instant::now();
+                let (now_ms, now_unix_ms) = clock();
+                core.set_time(now_ms, now_unix_ms);
+                shape = held_shape(&core.held());
+                if self.last_applied.as_ref() == Some(&shape) {
+                    break;
+                }
+            }
         }
-        self.reconcile(&held, core).await;
-        self.last_applied = Some(shape);
-        self.last_renewal = Instant::now();
         core.kernel_has(&self.present);
     }
 
@@ -396,10 +398,6 @@ impl Kernel {
                 Err(error) => tracing::error!(%change, %error, "cannot change an address"),
             }
         }
-        // Re-check the clock: a renewal computed before a pause must not outlive the lease.
-        if core.held().is_empty() && !held.is_empty() {
-            tracing::warn!("the lease ended while renewing; removing addresses");
-        }
         self.present = after;
     }
 
@@ -418,6 +416,21 @@ impl Kernel {
             }
         }
     }
+}
+
+/// What of the held set the kernel sees: address, interface and whole-second lifetime.
+type HeldShape = Vec<(ipnet::IpNet, String, Option<u32>)>;
+
+fn held_shape(held: &[HeldVip]) -> HeldShape {
+    held.iter()
+        .map(|vip| {
+            (
+                vip.address,
+                vip.interface.clone(),
+                crate::apply::lifetime_for(vip.lease_left),
+            )
+        })
+        .collect()
 }
 
 /// Announces a taken VIP in rounds, each followed by a tickle ACK to every client connection

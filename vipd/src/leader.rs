@@ -50,11 +50,23 @@ pub struct Observations {
 impl Observations {
     /// Whether `node` counts as connected now.
     pub fn connected(&self, node: Pnn, settings: &LeaderSettings) -> bool {
-        node == self.me
-            || self.last_heard_ms.get(&node).is_some_and(|heard| {
-                self.now_ms.saturating_sub(*heard) < settings.disconnect_after_ms
-            })
+        connected(self.me, &self.last_heard_ms, self.now_ms, node, settings)
     }
+}
+
+/// Whether `node` counts as connected for `me` at `now_ms`: itself, or heard from within the
+/// disconnect time.
+pub fn connected(
+    me: Pnn,
+    last_heard_ms: &BTreeMap<Pnn, u64>,
+    now_ms: u64,
+    node: Pnn,
+    settings: &LeaderSettings,
+) -> bool {
+    node == me
+        || last_heard_ms
+            .get(&node)
+            .is_some_and(|heard| now_ms.saturating_sub(*heard) < settings.disconnect_after_ms)
 }
 
 /// Whether `node` may host VIPs according to the state and the observations.

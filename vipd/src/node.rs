@@ -286,7 +286,13 @@ impl<S: LogStore> NodeCore<S> {
 
     /// Whether this node has heard from `node` recently enough to count it connected.
     pub fn connected(&self, node: Pnn) -> bool {
-        self.observations().connected(node, &self.settings.leader)
+        leader::connected(
+            self.settings.pnn,
+            &self.last_heard_ms,
+            self.now_ms,
+            node,
+            &self.settings.leader,
+        )
     }
 
     /// The lease left at the last input.
@@ -299,10 +305,17 @@ impl<S: LogStore> NodeCore<S> {
         self.health = Some((healthy, failing));
     }
 
-    /// Advances time: ticks Raft, sends lease pings, and does the leader's work.
-    pub fn tick(&mut self, now_ms: u64, now_unix_ms: u64) {
+    /// Updates the clock without doing any work. Call it before [`NodeCore::receive`]: acks are
+    /// stamped with this time, and a stale (early) stamp would understate how long an ack may
+    /// still support a lease.
+    pub fn set_time(&mut self, now_ms: u64, now_unix_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
         self.now_unix_ms = now_unix_ms;
+    }
+
+    /// Advances time: ticks Raft, sends lease pings, and does the leader's work.
+    pub fn tick(&mut self, now_ms: u64, now_unix_ms: u64) {
+        self.set_time(now_ms, now_unix_ms);
         let now = self.now_ms;
         // After a long pause, do not replay every missed tick: a burst of ticks would only
         // start an election at once.
@@ -591,7 +604,7 @@ impl<S: LogStore> NodeCore<S> {
         }
         // A single-voter cluster acks itself.
         if self.voters.len() == 1 && self_ack {
-            self.lease.ack(me, seq, generation, &self.voters.clone());
+            self.lease.ack(me, seq, generation, &self.voters);
         }
     }
 
@@ -617,8 +630,7 @@ impl<S: LogStore> NodeCore<S> {
                 }
             }
             LeaseMessage::Ack { generation, seq } => {
-                let voters = self.voters.clone();
-                self.lease.ack(peer, seq, generation, &voters);
+                self.lease.ack(peer, seq, generation, &self.voters);
             }
         }
     }
