@@ -122,9 +122,11 @@ impl Drop for StopOnDrop<'_, '_> {
 fn start_cluster(prefix: &str) -> Lab {
     let lab = common::lab(prefix, 3, 1);
     lab.start_cluster(Path::new(VIPGATE)).unwrap();
+    // Settled: every VIP hosted and every node holding one (4 VIPs on 3 nodes).
     assert!(
-        common::wait_until(Duration::from_secs(30), || all_hosted(&lab)),
-        "the cluster never hosted every VIP: {:?}\n{}",
+        common::wait_until(Duration::from_secs(30), || all_hosted(&lab)
+            && NODES.iter().all(|node| !held_by(&lab, node).is_empty())),
+        "the cluster never hosted every VIP balanced: {:?}\n{}",
         holders(&lab),
         logs(&lab)
     );
@@ -174,8 +176,23 @@ fn signal(lab: &Lab, host: &str, signal: Signal) {
         .signal(signal);
 }
 
+/// The node holding `vip`, once exactly one does (a planned move leaves it unhosted for a few
+/// milliseconds).
 fn owner_of(lab: &Lab, vip: IpAddr) -> &'static str {
-    holders(lab)[&vip].first().copied().unwrap()
+    let mut owner = None;
+    let hosted = common::wait_until(MOVE_DEADLINE, || {
+        owner = match holders(lab)[&vip].as_slice() {
+            [only] => Some(*only),
+            _ => None,
+        };
+        owner.is_some()
+    });
+    assert!(
+        hosted,
+        "{vip} is not on exactly one node: {:?}",
+        holders(lab)
+    );
+    owner.unwrap()
 }
 
 fn moved_off(lab: &Lab, vips: &[IpAddr], from: &str) -> bool {
@@ -302,7 +319,9 @@ fn killed_and_frozen_owners_lose_their_vips_without_overlap() {
                 frozen_vips
                     .iter()
                     .all(|v| !holders(&lab)[v].contains(&frozen)),
-                "{frozen} re-added a VIP after SIGCONT"
+                "{frozen} re-added a VIP after SIGCONT: {:?}\n{}",
+                holders(&lab),
+                logs(&lab)
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -522,15 +522,25 @@ impl<S: LogStore> NodeCore<S> {
             } else {
                 self.connected_since_ms.remove(&pnn);
             }
-            // The hold-down is for nodes that come *back*: a node seen available for the first
-            // time (cluster start) is settled at once, so a new cluster balances immediately.
+            // The hold-down is for nodes that come *back*. A node this observer sees available
+            // for the first time is settled at once only if it was never fenced (generation 0:
+            // a new cluster balances immediately); a node that returned from a fence is held
+            // down even by an observer that started after it returned — a restarted leader
+            // must not hand VIPs straight back to a node that just thawed.
             if leader::may_host(&self.state, &observed, &settings, pnn) {
-                let since = if self.ever_available.insert(pnn) {
-                    now.saturating_sub(self.settings.leader.hold_down_ms)
-                } else {
-                    now
-                };
-                self.available_since_ms.entry(pnn).or_insert(since);
+                if !self.available_since_ms.contains_key(&pnn) {
+                    let never_fenced = self
+                        .state
+                        .members
+                        .get(&pnn)
+                        .is_some_and(|member| member.generation == 0);
+                    let since = if self.ever_available.insert(pnn) && never_fenced {
+                        now.saturating_sub(self.settings.leader.hold_down_ms)
+                    } else {
+                        now
+                    };
+                    self.available_since_ms.insert(pnn, since);
+                }
             } else {
                 self.available_since_ms.remove(&pnn);
             }
