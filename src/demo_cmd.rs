@@ -242,6 +242,7 @@ fn describe(plan: &Plan) -> String {
         "\nPublic addresses (VIPs): {}",
         vipgate::lab::cluster::VIPS.join(", ")
     );
+    text.push_str(&service_table(plan));
     let _ = writeln!(text, "\nTry:");
     let _ = writeln!(text, "  vipgate demo exec {first_node} -- vipgate status");
     let _ = writeln!(
@@ -269,6 +270,19 @@ fn describe(plan: &Plan) -> String {
         "  vipgate demo exec {first_node} -- ping -c 1 {last_node}-cluster"
     );
     let _ = writeln!(text, "  vipgate demo list");
+    text
+}
+
+/// The lab's services, where to reach them and a command to try each.
+fn service_table(plan: &Plan) -> String {
+    let mut text = String::from("\nServices:\n");
+    for hint in vipgate::lab::cluster::service_hints(plan) {
+        let _ = writeln!(
+            text,
+            "  {:<5} {:<32} {}",
+            hint.service, hint.address, hint.command
+        );
+    }
     text
 }
 
@@ -303,6 +317,7 @@ struct LabView<'a> {
     owner_pid: Option<u32>,
     switch_namespace: &'a str,
     hosts: Vec<HostView<'a>>,
+    services: Vec<vipgate::lab::cluster::ServiceHint>,
 }
 
 #[derive(Debug, Serialize)]
@@ -334,6 +349,7 @@ impl<'a> LabView<'a> {
                     cluster_v4: host.address(Network::Cluster, false),
                 })
                 .collect(),
+            services: vipgate::lab::cluster::service_hints(plan),
         }
     }
 }
@@ -376,6 +392,7 @@ fn list(globals: &Globals) {
         };
         println!("lab {} ({}, {owner})", record.plan.name, lab_state(record));
         print!("{}", host_table(&record.plan));
+        print!("{}", service_table(&record.plan));
     }
 }
 

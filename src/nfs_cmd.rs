@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use cluster_config::ClusterConfig;
 use gateway::handle::HandleKey;
 use gateway::hostname::SystemHostNames;
 use gateway::{ExportSpec, Limits, Ports, Service, ServiceOptions};
@@ -44,61 +45,19 @@ pub fn run(args: NfsArgs, _globals: &Globals) -> anyhow::Result<ExitCode> {
         }
         None => "standalone".to_owned(),
     };
-    let secret = config
-        .cluster
-        .secret
-        .read()
-        .context("cannot read the cluster secret")?;
-    let specs = ExportSpec::from_config(&config);
-    if specs.is_empty() {
-        bail!("{} has no NFSv3 export to serve", args.config.display());
-    }
-
     // A daemon must see a closed socket as an error, not die of SIGPIPE (main restores the
     // default action for the short-lived commands).
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-
-    let mut listeners = gateway::server::bind_wildcard(args.nfs_port)
-        .with_context(|| format!("cannot listen on NFS port {}", args.nfs_port))?;
-    let portmap = gateway::server::bind_wildcard(args.portmap_port).map_err(|error| {
-        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
-            " (a system rpcbind? registering with it is not supported yet; stop it)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!(
-            "cannot listen on portmap port {}{hint}: {error}",
-            args.portmap_port
-        )
-    })?;
-    listeners.extend(portmap);
-
-    let service = Service::new(
-        specs,
-        ServiceOptions {
-            ports: Ports {
-                nfs: args.nfs_port,
-                portmap: args.portmap_port,
-            },
-            handle_key: HandleKey::from_cluster_secret(&secret),
-            write_verifier: None,
-            host_names: Arc::new(SystemHostNames),
-            handles: config.volume.handles,
-        },
-    )
-    .context("cannot start the NFS service")?;
-    for export in service.exports() {
-        tracing::info!(
-            node,
-            export = export.name,
-            path = %export.local_path.display(),
-            mount = export.mount_path,
-            "serving"
-        );
-    }
+    let ports = Ports {
+        nfs: args.nfs_port,
+        portmap: args.portmap_port,
+    };
+    let Some(server) = NfsServer::prepare(&config, &node, ports)? else {
+        bail!("{} has no NFSv3 export to serve", args.config.display());
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -110,12 +69,7 @@ pub fn run(args: NfsArgs, _globals: &Globals) -> anyhow::Result<ExitCode> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("cannot listen for SIGTERM")?;
-        let server = tokio::spawn(gateway::serve(
-            Arc::new(service),
-            listeners,
-            Limits::default(),
-            shutdown.clone(),
-        ));
+        let server = tokio::spawn(server.serve(shutdown.clone()));
         tokio::select! {
             result = tokio::signal::ctrl_c() => result.context("cannot listen for SIGINT")?,
             _ = terminate.recv() => {}
@@ -128,4 +82,85 @@ pub fn run(args: NfsArgs, _globals: &Globals) -> anyhow::Result<ExitCode> {
             .context("the NFS server failed")
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The NFS service of the cluster file's exports with its bound listeners, ready to serve.
+pub struct NfsServer {
+    service: Service,
+    listeners: Vec<std::net::TcpListener>,
+}
+
+impl std::fmt::Debug for NfsServer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("NfsServer")
+            .field("listeners", &self.listeners)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NfsServer {
+    /// Checks the exports (each must resolve and produce handles) and binds NFS and portmap on
+    /// every address; `None` when the file exports nothing over NFSv3.
+    pub fn prepare(
+        config: &ClusterConfig,
+        node: &str,
+        ports: Ports,
+    ) -> anyhow::Result<Option<NfsServer>> {
+        let specs = ExportSpec::from_config(config);
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        let secret = config
+            .cluster
+            .secret
+            .read()
+            .context("cannot read the cluster secret")?;
+        let mut listeners = gateway::server::bind_wildcard(ports.nfs)
+            .with_context(|| format!("cannot listen on NFS port {}", ports.nfs))?;
+        let portmap = gateway::server::bind_wildcard(ports.portmap).map_err(|error| {
+            let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+                " (a system rpcbind? registering with it is not supported yet; stop it)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!(
+                "cannot listen on portmap port {}{hint}: {error}",
+                ports.portmap
+            )
+        })?;
+        listeners.extend(portmap);
+        let service = Service::new(
+            specs,
+            ServiceOptions {
+                ports,
+                handle_key: HandleKey::from_cluster_secret(&secret),
+                write_verifier: None,
+                host_names: Arc::new(SystemHostNames),
+                handles: config.volume.handles,
+            },
+        )
+        .context("cannot start the NFS service")?;
+        for export in service.exports() {
+            tracing::info!(
+                node,
+                export = export.name,
+                path = %export.local_path.display(),
+                mount = export.mount_path,
+                "serving"
+            );
+        }
+        Ok(Some(NfsServer { service, listeners }))
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        gateway::serve(
+            Arc::new(self.service),
+            self.listeners,
+            Limits::default(),
+            shutdown,
+        )
+        .await
+    }
 }

@@ -1,14 +1,25 @@
-//! `vipgate node`: the node daemon. Finds this node in the cluster file, then runs
-//! [`vipd::daemon::run`] until SIGTERM or SIGINT, when it hands its addresses over and stops.
+//! `vipgate node`: the node daemon. Finds this node in the cluster file, starts the services it
+//! serves (the NFS gateway on 2049 with portmap on 111), then runs [`vipd::daemon::run`] with
+//! their health probes until SIGTERM or SIGINT, when it hands its addresses over, stops the
+//! services and exits.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cluster_config::{ClusterConfig, Node};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use vipd::health::{NFS_PROGRAM, Probe, RpcNullProbe};
 
 use crate::Globals;
 use crate::ctl_cmd::NodeDaemonArgs;
+use crate::nfs_cmd::NfsServer;
+
+/// How long the NFS probe waits for the gateway's answer to a NULL call.
+const NFS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn run_daemon(args: &NodeDaemonArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     // A daemon must see a closed socket as an error, not die of SIGPIPE (main restored the
@@ -21,11 +32,14 @@ pub fn run_daemon(args: &NodeDaemonArgs, globals: &Globals) -> anyhow::Result<Ex
         .with_context(|| format!("cannot use the cluster file {}", args.config.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(gateway::Limits::default().requests_in_flight + 16)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let node = find_self(&config, args.name.as_deref()).await?;
+        let mut services = Services::default();
+        start_nfs(&config, &node, &mut services)?;
         let options = vipd::daemon::DaemonOptions {
             data_dir: args
                 .data_dir
@@ -34,12 +48,70 @@ pub fn run_daemon(args: &NodeDaemonArgs, globals: &Globals) -> anyhow::Result<Ex
             socket: globals.socket.clone(),
             node,
             config,
+            probes: std::mem::take(&mut services.probes),
+            published: None,
         };
-        vipd::daemon::run(options, shutdown_signal())
-            .await
-            .context("the node stopped")
+        let result = vipd::daemon::run(options, shutdown_signal()).await;
+        // The services stop only after the daemon handed this node's addresses over, so the
+        // clients of a moving address are served until it leaves.
+        services.stop().await;
+        result.context("the node stopped")
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The services a node runs beside the VIP daemon: their health probes, and their tasks, which
+/// stop when the daemon has stopped.
+#[derive(Debug, Default)]
+struct Services {
+    probes: Vec<Arc<dyn Probe>>,
+    stop: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Services {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.tasks.push((name, tokio::spawn(task)));
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for (name, task) in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(service = name, "{error:#}"),
+                Err(error) => tracing::error!(service = name, %error, "the service task failed"),
+            }
+        }
+    }
+}
+
+/// The NFS gateway on the standard ports, with its RPC NULL probe, when the file exports
+/// anything over NFSv3.
+fn start_nfs(config: &ClusterConfig, node: &Node, services: &mut Services) -> anyhow::Result<()> {
+    let ports = gateway::Ports {
+        nfs: 2049,
+        portmap: 111,
+    };
+    let Some(server) = NfsServer::prepare(config, &node.name, ports)? else {
+        return Ok(());
+    };
+    services.probes.push(Arc::new(RpcNullProbe::new(
+        "nfs",
+        SocketAddr::from((Ipv4Addr::LOCALHOST, ports.nfs)),
+        NFS_PROGRAM,
+        3,
+        NFS_PROBE_TIMEOUT,
+    )));
+    let stop = services.stop.clone();
+    services.spawn("nfs", async move {
+        server.serve(stop).await.context("the NFS server failed")
+    });
+    Ok(())
 }
 
 /// This node: the one named, or the one whose cluster address is configured here.

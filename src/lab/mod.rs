@@ -419,6 +419,13 @@ impl Lab {
         for dir in [cluster::volume_source(&name), cluster::volume_mount(&name)] {
             std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
         }
+        let export = cluster::volume_source(&name).join(cluster::DEMO_EXPORT);
+        std::fs::create_dir_all(&export)
+            .and_then(|()| {
+                let owner = Some(cluster::DEMO_EXPORT_OWNER);
+                std::os::unix::fs::chown(&export, owner, owner)
+            })
+            .context(|| format!("cannot create {}", export.display()))?;
         let text = cluster::cluster_file(&self.plan, &secret, &cluster::volume_mount(&name));
         let path = cluster::config_path(&name);
         write_private(&path, &text).context(|| format!("cannot write {}", path.display()))?;

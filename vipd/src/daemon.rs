@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cluster_config::{ClusterConfig, Node};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::announce::{Announcer, RawAnnouncer};
 use crate::apply::{AddressApplier, AddressChange, HeldVip, NetlinkApplier, reconcile};
@@ -55,7 +55,7 @@ pub enum DaemonError {
 }
 
 /// What `vipgate node` was asked to run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DaemonOptions {
     pub config: ClusterConfig,
     /// This node's entry in the config.
@@ -64,6 +64,11 @@ pub struct DaemonOptions {
     pub data_dir: PathBuf,
     /// The control socket.
     pub socket: PathBuf,
+    /// Probes of the services this node runs (NFS, smbd), next to the volume probe: any one
+    /// failing makes the node unhealthy, and it gives its VIPs up.
+    pub probes: Vec<Arc<dyn Probe>>,
+    /// Receives the applied state whenever it changes, for the services that follow it (DNS).
+    pub published: Option<watch::Sender<Arc<ClusterState>>>,
 }
 
 /// The `Configure` command for a cluster file; its digest identifies the content that matters.
@@ -185,11 +190,12 @@ pub async fn run(
     .await
     .map_err(|error| DaemonError::Setup(format!("cannot start the peer transport: {error}")))?;
 
-    let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(
+    let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(
         VolumeProbe::new(config.volume.path.clone(), &options.node.name).map_err(|error| {
             DaemonError::Setup(format!("cannot set up the volume probe: {error}"))
         })?,
     )];
+    probes.extend(options.probes.iter().cloned());
     let monitor = health::spawn_monitor(
         probes,
         MonitorSettings {
@@ -237,6 +243,8 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut stopping: Option<Instant> = None;
     let mut last_scan = Instant::now();
+    // The applied index last published: the state changes only when it moves.
+    let mut published_at = u64::MAX;
     loop {
         tokio::select! {
             () = &mut shutdown, if stopping.is_none() => {
@@ -280,6 +288,13 @@ pub async fn run(
             transport.send(to, payload);
         }
         answer_pending(&core, &mut pending);
+        if let Some(published) = &options.published {
+            let applied = core.raft_progress().2;
+            if applied != published_at {
+                published_at = applied;
+                published.send_replace(Arc::new(core.state().clone()));
+            }
+        }
         if last_scan.elapsed() >= CONNECTION_SCAN {
             last_scan = Instant::now();
             report_connections(&mut core);

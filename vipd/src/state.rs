@@ -198,6 +198,10 @@ pub struct ClusterState {
     /// Client connections known per VIP, as their owner last reported them.
     #[serde(default)]
     pub connections: BTreeMap<IpAddr, BTreeSet<Connection>>,
+    /// Bumped by every applied command that changes [`ClusterState::live_vips`]: the same on
+    /// every node at the same log index, so DNS answers carry the same SOA serial everywhere.
+    #[serde(default)]
+    pub live_serial: u64,
 }
 
 fn rejected(reason: String) -> Outcome {
@@ -207,6 +211,30 @@ fn rejected(reason: String) -> Outcome {
 impl ClusterState {
     /// Applies one committed command.
     pub fn apply(&mut self, command: &Command) -> Outcome {
+        let live_before = self.live_vips();
+        let outcome = self.apply_command(command);
+        if self.live_vips() != live_before {
+            self.live_serial += 1;
+        }
+        outcome
+    }
+
+    /// The VIPs that serve clients now: held by a member that is healthy, not fenced and not
+    /// disabled. A dead owner's VIPs leave this set when the leader fences it, before they move.
+    pub fn live_vips(&self) -> BTreeSet<IpAddr> {
+        self.vips
+            .iter()
+            .filter(|(_, vip)| vip.phase == VipPhase::Held)
+            .filter(|(_, vip)| {
+                vip.owner
+                    .and_then(|owner| self.members.get(&owner))
+                    .is_some_and(|member| member.healthy && !member.fenced && !member.disabled)
+            })
+            .map(|(address, _)| *address)
+            .collect()
+    }
+
+    fn apply_command(&mut self, command: &Command) -> Outcome {
         match command {
             Command::Configure {
                 digest,
@@ -616,6 +644,86 @@ mod tests {
             },
         );
         assert_eq!(state.vips[&vip].epoch, 4);
+    }
+
+    #[test]
+    fn the_live_set_follows_owner_health_fencing_and_moves_and_bumps_the_serial() {
+        let mut state = cluster();
+        let vip = ip("192.0.2.101");
+        let healthy = |node| Command::SetHealth {
+            node,
+            healthy: true,
+            failing: Vec::new(),
+        };
+        applied(&mut state, healthy(0));
+        assert!(state.live_vips().is_empty(), "nothing held yet");
+        let serial = state.live_serial;
+        applied(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 0,
+                to: 0,
+            },
+        );
+        assert_eq!(state.live_vips(), [vip].into());
+        assert_eq!(state.live_serial, serial + 1);
+        // A change that leaves the live set alone keeps the serial.
+        applied(&mut state, healthy(1));
+        assert_eq!(state.live_serial, serial + 1);
+        // Each of these takes the VIP out of the live set, and undoing it brings it back.
+        let outs = [
+            (
+                Command::SetHealth {
+                    node: 0,
+                    healthy: false,
+                    failing: vec!["volume: hung".into()],
+                },
+                healthy(0),
+            ),
+            (
+                Command::SetDisabled {
+                    node: 0,
+                    disabled: true,
+                },
+                Command::SetDisabled {
+                    node: 0,
+                    disabled: false,
+                },
+            ),
+            (
+                Command::Fence {
+                    node: 0,
+                    generation: 0,
+                },
+                Command::Unfence {
+                    node: 0,
+                    generation: 0,
+                },
+            ),
+        ];
+        for (out, back) in outs {
+            let before = state.live_serial;
+            applied(&mut state, out.clone());
+            assert!(state.live_vips().is_empty(), "{out:?}");
+            assert_eq!(state.live_serial, before + 1, "{out:?}");
+            applied(&mut state, back.clone());
+            assert_eq!(state.live_vips(), [vip].into(), "{back:?}");
+            assert_eq!(state.live_serial, before + 2, "{back:?}");
+        }
+        // Releasing ends it too, and the serial survives a snapshot.
+        let epoch = state.vips[&vip].epoch;
+        applied(
+            &mut state,
+            Command::Release {
+                vip,
+                epoch,
+                to: None,
+            },
+        );
+        assert!(state.live_vips().is_empty());
+        let restored = ClusterState::from_snapshot(&state.to_snapshot()).unwrap();
+        assert_eq!(restored.live_serial, state.live_serial);
     }
 
     #[test]

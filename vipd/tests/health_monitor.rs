@@ -49,6 +49,7 @@ fn wait_for(
 }
 
 /// Passes or fails as told; counts its checks.
+#[derive(Debug)]
 struct Switch {
     name: String,
     pass: AtomicBool,
@@ -80,6 +81,7 @@ impl Probe for Switch {
 
 /// Its first check blocks until the test sends on the channel, as a stat on a dead mount blocks;
 /// later checks pass at once.
+#[derive(Debug)]
 struct Blocker {
     release: Mutex<mpsc::Receiver<()>>,
     checks: AtomicUsize,
@@ -102,6 +104,7 @@ impl Probe for Blocker {
     }
 }
 
+#[derive(Debug)]
 struct Panicker;
 
 impl Probe for Panicker {

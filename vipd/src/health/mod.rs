@@ -19,6 +19,7 @@
 //! subscribers only when the state or the set of failing probes changes.
 
 mod hysteresis;
+mod rpc;
 mod tcp;
 mod volume;
 
@@ -31,11 +32,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub use hysteresis::Hysteresis;
+pub use rpc::{NFS_PROGRAM, RpcNullProbe};
 pub use tcp::TcpProbe;
 pub use volume::{VolumeProbe, VolumeProbeError};
 
 /// One check of one local service.
-pub trait Probe: Send + Sync + 'static {
+pub trait Probe: std::fmt::Debug + Send + Sync + 'static {
     /// A short name for reports and logs, such as `volume /srv/data` or `nfs 127.0.0.1:2049`.
     fn name(&self) -> &str;
     /// Blocking check; may hang forever on a dead mount, so it is always run on a thread of its
