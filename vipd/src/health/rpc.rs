@@ -79,8 +79,15 @@ impl Probe for RpcNullProbe {
 
     fn check(&self) -> Result<(), String> {
         self.call().map_err(|error| {
+            let reason = match error.kind() {
+                // A read timeout shows as EAGAIN on Linux.
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    format!("no reply within {:?}", self.timeout)
+                }
+                _ => error.to_string(),
+            };
             format!(
-                "no answer to an RPC NULL call (program {} version {}) at {}: {error}",
+                "no answer to an RPC NULL call (program {} version {}) at {}: {reason}",
                 self.program, self.version, self.address
             )
         })

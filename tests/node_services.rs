@@ -1,0 +1,158 @@
+//! The services of `vipgate node` for real: three nodes in a namespace lab serve the lab's
+//! export (`demo`, root squashed) over NFSv3 next to the VIP daemon, and a libnfs client that
+//! wrote a file through a VIP reads it back through the same VIP after the node holding it was
+//! SIGKILLed. Needs root.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a panic is how a test reports a failure"
+)]
+#![allow(
+    clippy::zombie_processes,
+    reason = "node daemons are stopped by the lab's teardown; a killed one is reaped when the test ends"
+)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use vipgate::lab::{Lab, cluster, state};
+
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
+const VIPGATE: &str = env!("CARGO_BIN_EXE_vipgate");
+
+/// The nodes that have `vip` configured now.
+fn holders(lab: &Lab, vip: IpAddr) -> Vec<&'static str> {
+    NODES
+        .into_iter()
+        .filter(|node| {
+            lab.addresses(node)
+                .is_ok_and(|addresses| addresses.iter().any(|a| a.address.addr() == vip))
+        })
+        .collect()
+}
+
+fn client(lab: &Lab, program: &str, args: &[&str]) -> Output {
+    lab.command("client1", program)
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}, stderr {:?}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn logs(lab: &Lab) -> String {
+    NODES
+        .iter()
+        .map(|node| {
+            let text =
+                std::fs::read_to_string(cluster::log_path(lab.name(), node)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            format!(
+                "--- {node} ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn an_nfs_client_reads_its_file_back_through_the_vip_after_the_owner_is_killed() {
+    if !common::root_or_skip(
+        "an_nfs_client_reads_its_file_back_through_the_vip_after_the_owner_is_killed",
+    ) {
+        return;
+    }
+    let lab = common::lab("ns", 3, 1);
+    lab.start_cluster(Path::new(VIPGATE)).unwrap();
+    let vip = cluster::vip_addresses()[0];
+    let url = format!("nfs://{vip}/{}", cluster::DEMO_EXPORT);
+
+    // The gateway answers through the VIP once the VIP is up (portmap on 111, no port options).
+    let mut last = None;
+    let served = common::wait_until(Duration::from_secs(30), || {
+        let output = client(&lab, "nfs-ls", &[&url]);
+        let ok = output.status.success();
+        last = Some(output);
+        ok
+    });
+    assert!(
+        served,
+        "nfs-ls never worked: {}\n{}",
+        describe(&last.unwrap()),
+        logs(&lab)
+    );
+
+    let local = state::lab_dir(lab.name()).join("upload.bin");
+    let content: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&local, &content).unwrap();
+    let remote = format!("{url}/upload.bin");
+    let output = client(&lab, "nfs-cp", &[local.to_str().unwrap(), &remote]);
+    assert!(output.status.success(), "nfs-cp: {}", describe(&output));
+    // The client is root on its host, so the export's root squash made the file nobody's.
+    let stored = cluster::volume_source(lab.name())
+        .join(cluster::DEMO_EXPORT)
+        .join("upload.bin");
+    let metadata = std::fs::metadata(&stored).unwrap();
+    assert_eq!(
+        (metadata.uid(), metadata.gid()),
+        (cluster::DEMO_EXPORT_OWNER, cluster::DEMO_EXPORT_OWNER)
+    );
+    assert_eq!(std::fs::read(&stored).unwrap(), content);
+
+    let mut owner = Vec::new();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            owner = holders(&lab, vip);
+            owner.len() == 1
+        }),
+        "{vip} is not on exactly one node: {owner:?}"
+    );
+    let victim = owner[0];
+    lab.node_daemon(victim)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no daemon on {victim}"))
+        .signal(Signal::SIGKILL);
+    let killed = Instant::now();
+
+    let mut last = None;
+    let read_back = common::wait_until(Duration::from_secs(15), || {
+        let output = client(&lab, "nfs-cat", &[&remote]);
+        let ok = output.status.success();
+        last = Some(output);
+        ok
+    });
+    let last = last.unwrap();
+    assert!(
+        read_back,
+        "nfs-cat never worked after the kill: {}\n{}",
+        describe(&last),
+        logs(&lab)
+    );
+    eprintln!(
+        "{victim} killed: nfs-cat through {vip} worked after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        last.stdout, content,
+        "the bytes read back after the failover"
+    );
+    let now = holders(&lab, vip);
+    assert!(
+        now.len() == 1 && now[0] != victim,
+        "{vip} should be on one survivor: {now:?}"
+    );
+}
