@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cluster_config::{ClusterConfig, Node};
@@ -236,6 +237,7 @@ pub async fn run(
         last_applied: None,
         last_renewal: Instant::now(),
         ping_interval,
+        announcing: BTreeMap::new(),
     };
     let mut pending: Vec<Pending> = Vec::new();
     let mut interval = tokio::time::interval(LOOP_INTERVAL);
@@ -335,6 +337,9 @@ struct Kernel {
     last_applied: Option<HeldShape>,
     last_renewal: Instant,
     ping_interval: Duration,
+    /// The announcement rounds under way, by VIP: cancelled when the VIP is released, so that a
+    /// late round never points clients back at this node after it let the address go.
+    announcing: BTreeMap<IpAddr, Arc<AtomicBool>>,
 }
 
 impl Kernel {
@@ -378,6 +383,9 @@ impl Kernel {
         let mut after = before.clone();
         for change in reconcile(held, &present, &self.managed) {
             if let AddressChange::Remove { address, .. } = &change {
+                if let Some(cancel) = self.announcing.remove(&address.addr()) {
+                    cancel.store(true, Ordering::Relaxed);
+                }
                 // Clients of a released address learn at once instead of timing out.
                 match crate::tickle::reset_connections(address.addr()) {
                     Ok(0) => {}
@@ -402,7 +410,13 @@ impl Kernel {
                             .get(&address.addr())
                             .map(|known| known.iter().copied().collect())
                             .unwrap_or_default();
-                        announce(address.addr(), interface.clone(), clients);
+                        let cancel = Arc::new(AtomicBool::new(false));
+                        if let Some(earlier) =
+                            self.announcing.insert(address.addr(), cancel.clone())
+                        {
+                            earlier.store(true, Ordering::Relaxed);
+                        }
+                        announce(address.addr(), interface.clone(), clients, cancel);
                     }
                     AddressChange::Remove { address, interface } => {
                         tracing::info!(vip = %address, interface, "released address");
@@ -418,6 +432,9 @@ impl Kernel {
 
     /// Removes every managed address this node has (at shutdown).
     async fn release_all(&mut self) {
+        for cancel in std::mem::take(&mut self.announcing).into_values() {
+            cancel.store(true, Ordering::Relaxed);
+        }
         let present = match self.applier.addresses().await {
             Ok(present) => present,
             Err(_) => return,
@@ -450,8 +467,10 @@ fn held_shape(held: &[HeldVip]) -> HeldShape {
 
 /// Announces a taken VIP in rounds, each followed by a tickle ACK to every client connection
 /// the previous owner reported, so clients meet a RST from this node and reconnect at once.
-/// Runs off the event loop; the rounds are spaced past Linux's neighbour locktime.
-fn announce(vip: IpAddr, interface: String, clients: Vec<Connection>) {
+/// Runs off the event loop; the rounds are spaced past Linux's neighbour locktime. Stops when
+/// `cancel` is set (the VIP was released): a round after the release would send clients back
+/// to this node, which no longer has the address, until the new owner's next round.
+fn announce(vip: IpAddr, interface: String, clients: Vec<Connection>, cancel: Arc<AtomicBool>) {
     tokio::task::spawn_blocking(move || {
         let tickler = if clients.is_empty() {
             None
@@ -464,6 +483,10 @@ fn announce(vip: IpAddr, interface: String, clients: Vec<Connection>) {
         for delay in ANNOUNCE_ROUNDS {
             std::thread::sleep(delay.saturating_sub(previous));
             previous = delay;
+            if cancel.load(Ordering::Relaxed) {
+                tracing::debug!(%vip, "released: no more announcements");
+                return;
+            }
             if let Err(error) = RawAnnouncer.announce(vip, &interface) {
                 tracing::warn!(%vip, interface, %error, "cannot announce");
             }
