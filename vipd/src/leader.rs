@@ -204,6 +204,9 @@ pub fn decide(
         if let Some(owner) = vip.owner {
             owners.insert(vip_id(index), NodeId(owner));
         }
+        if vip.operator_placed {
+            view.pinned.insert(vip_id(index));
+        }
     }
     let placement = placement::place(&view, &owners);
     for placed in &placement.moves {

@@ -53,7 +53,8 @@
 //!    must move are placed most constrained first (fewest candidate nodes), then heaviest,
 //!    then by lowest [`VipId`]; each goes to the candidate with the lowest load, then the lowest
 //!    [`NodeId`]. Among rebalance moves of equal
-//!    benefit the one that adds fewest net moves wins (moving a VIP that is moving anyway, or
+//!    benefit one that leaves an operator's VIP ([`ClusterView::pinned`]) in place wins, then
+//!    the one that adds fewest net moves (moving a VIP that is moving anyway, or
 //!    back to where it was, costs nothing), then the lowest `VipId`, then the lowest target
 //!    load and `NodeId`. [`Placement::moves`] is sorted by `VipId`.
 //! 5. **No failback flapping.** A node that returns gets VIPs back only through rule 2 once its
@@ -163,6 +164,10 @@ pub struct ClusterView {
     pub now_ms: u64,
     /// How long a node must have been available before rebalancing moves VIPs onto it.
     pub hold_down_ms: u64,
+    /// VIPs an operator placed (`vipgate moveip`): among rebalance moves of equal benefit, one
+    /// that leaves them where they are wins, so a move that unbalances the cluster is answered
+    /// by moving another VIP, not by undoing the operator's.
+    pub pinned: BTreeSet<VipId>,
 }
 
 /// Where a node stands for placement purposes.
@@ -444,8 +449,9 @@ struct RebalanceStep {
     vip: VipId,
     from: NodeId,
     to: NodeId,
-    /// What the step is worth: its benefit first, then fewer net moves added (-1, 0 or 1).
-    rank: (u128, std::cmp::Reverse<i8>),
+    /// What the step is worth: its benefit first, then not moving an operator's VIP, then
+    /// fewer net moves added (-1, 0 or 1).
+    rank: (u128, bool, std::cmp::Reverse<i8>),
 }
 
 /// The improving move with the largest benefit, tie-broken as rule 4 says.
@@ -479,7 +485,11 @@ fn best_rebalance_move(
             };
             let moved_now = i8::from(original != Some(from));
             let moved_after = i8::from(original != Some(to));
-            let rank = (benefit, std::cmp::Reverse(moved_after - moved_now));
+            let rank = (
+                benefit,
+                !view.pinned.contains(&vip),
+                std::cmp::Reverse(moved_after - moved_now),
+            );
             if best.is_none_or(|best| rank > best.rank) {
                 best = Some(RebalanceStep {
                     vip,

@@ -98,6 +98,9 @@ pub struct Vip {
     pub configured: bool,
     /// Where an operator asked it to go (`vipgate moveip`); cleared when it is assigned.
     pub preferred: Option<Pnn>,
+    /// Its owner is where an operator sent it: rebalancing prefers to move other VIPs.
+    #[serde(default)]
+    pub operator_placed: bool,
 }
 
 /// A VIP as the configuration describes it.
@@ -311,6 +314,7 @@ impl ClusterState {
                     }
                     vip_state.owner = Some(*to);
                     vip_state.phase = VipPhase::Held;
+                    vip_state.operator_placed = vip_state.preferred == Some(*to);
                     vip_state.preferred = None;
                     Ok(())
                 })
@@ -453,6 +457,7 @@ impl ClusterState {
                 epoch: 0,
                 configured: true,
                 preferred: None,
+                operator_placed: false,
             });
             vip.prefix_len = config.prefix_len;
             vip.interface.clone_from(&config.interface);
@@ -644,6 +649,31 @@ mod tests {
             },
         );
         assert_eq!(state.vips[&vip].epoch, 4);
+    }
+
+    #[test]
+    fn a_vip_assigned_where_an_operator_sent_it_is_marked_until_it_moves_again() {
+        let mut state = cluster();
+        let vip = ip("192.0.2.101");
+        let assign = |epoch, to| Command::Assign { vip, epoch, to };
+        applied(&mut state, assign(0, 0));
+        assert!(!state.vips[&vip].operator_placed);
+        let moves = [(Some(2), true), (None, false)];
+        for (to, marked) in moves {
+            let epoch = state.vips[&vip].epoch;
+            let by = state.vips[&vip].owner.unwrap();
+            applied(&mut state, Command::Release { vip, epoch, to });
+            applied(
+                &mut state,
+                Command::Released {
+                    vip,
+                    epoch: epoch + 1,
+                    by,
+                },
+            );
+            applied(&mut state, assign(epoch + 2, 2 - by));
+            assert_eq!(state.vips[&vip].operator_placed, marked, "{to:?}");
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ impl Input {
             vips: self.vips.iter().cloned().collect(),
             now_ms: self.now_ms,
             hold_down_ms: self.hold_down_ms,
+            pinned: BTreeSet::new(),
         }
     }
 
@@ -474,6 +475,7 @@ proptest! {
                 .collect(),
             now_ms,
             hold_down_ms,
+            pinned: BTreeSet::new(),
         };
         let owners: BTreeMap<VipId, NodeId> =
             owners.into_iter().map(|(vip, node)| (VipId(vip), NodeId(node))).collect();

@@ -5,7 +5,7 @@
 //! * nodes: `n3` is available since 0 (settled); `n3@95000` became available at 95 000 ms;
 //!   `n3!unhealthy`, `!disconnected`, `!disabled`, `!banned` clear or set that flag.
 //! * vips: `v2` has weight 1 and may go anywhere; `v2*3` has weight 3; `v2{n1,n3}` may only
-//!   go to n1 or n3 (`{}`: nowhere).
+//!   go to n1 or n3 (`{}`: nowhere); `v2^` was placed by an operator (`ClusterView::pinned`).
 //! * owners and assignments: `v2=n3`; `v2=-` means unhosted.
 //! * moves are written as `Move`'s `Display`: `v2: n2 -> n3 (owner-unavailable)`.
 
@@ -32,6 +32,22 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
+    Case {
+        name: "an operator's move that unbalances is answered by moving another VIP",
+        nodes: "n1 n2 n3",
+        vips: "v1^ v2 v3 v4",
+        owners: "v1=n3 v2=n3 v3=n1 v4=n1",
+        moves: &["v2: n3 -> n2 (rebalance)"],
+        after: "v1=n3 v2=n2 v3=n1 v4=n1",
+    },
+    Case {
+        name: "without the operator's mark the lowest VIP would move",
+        nodes: "n1 n2 n3",
+        vips: "v1 v2 v3 v4",
+        owners: "v1=n3 v2=n3 v3=n1 v4=n1",
+        moves: &["v1: n3 -> n2 (rebalance)"],
+        after: "v1=n2 v2=n3 v3=n1 v4=n1",
+    },
     Case {
         name: "fresh cluster: 3 nodes, 4 VIPs, nothing hosted yet",
         nodes: "n1 n2 n3",
@@ -333,6 +349,10 @@ fn parse_view(nodes: &str, vips: &str) -> ClusterView {
         view.nodes.insert(parse_node(id), state);
     }
     for token in vips.split_whitespace() {
+        let (token, pinned) = match token.strip_suffix('^') {
+            Some(token) => (token, true),
+            None => (token, false),
+        };
         let (head, eligible) = match token.split_once('{') {
             Some((head, list)) => {
                 let list = list.strip_suffix('}').unwrap();
@@ -351,6 +371,9 @@ fn parse_view(nodes: &str, vips: &str) -> ClusterView {
         };
         view.vips
             .insert(parse_vip(id), VipSpec { eligible, weight });
+        if pinned {
+            view.pinned.insert(parse_vip(id));
+        }
     }
     view
 }
