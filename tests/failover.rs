@@ -18,200 +18,14 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cluster::{
+    MOVE_DEADLINE, NODES, Sampler, VIPGATE, all_hosted, first_v4, held_by, holders, logs,
+    moved_off, owner_of, signal, start_cluster, status, vipgate,
+};
 use nix::sys::signal::Signal;
-use vipgate::lab::{Lab, Network, cluster, netns};
-
-const NODES: [&str; 3] = ["node1", "node2", "node3"];
-const VIPGATE: &str = env!("CARGO_BIN_EXE_vipgate");
-/// Generous: the failover itself takes about a lease (1.5 s); CI machines are slow.
-const MOVE_DEADLINE: Duration = Duration::from_secs(8);
-
-/// Which nodes have each VIP configured now.
-fn holders(lab: &Lab) -> BTreeMap<IpAddr, Vec<&'static str>> {
-    let mut holders: BTreeMap<IpAddr, Vec<&'static str>> = cluster::vip_addresses()
-        .into_iter()
-        .map(|vip| (vip, Vec::new()))
-        .collect();
-    for node in NODES {
-        let Ok(addresses) = lab.addresses(node) else {
-            continue;
-        };
-        for address in addresses {
-            if let Some(list) = holders.get_mut(&address.address.addr()) {
-                list.push(node);
-            }
-        }
-    }
-    holders
-}
-
-fn all_hosted(lab: &Lab) -> bool {
-    holders(lab).values().all(|nodes| nodes.len() == 1)
-}
-
-/// Samples every node's addresses every 20 ms until stopped; records double ownership.
-struct Sampler<'a> {
-    lab: &'a Lab,
-    stop: AtomicBool,
-    duplicates: Mutex<Vec<(Duration, IpAddr, Vec<&'static str>)>>,
-    samples: Mutex<u64>,
-}
-
-impl<'a> Sampler<'a> {
-    fn new(lab: &'a Lab) -> Sampler<'a> {
-        Sampler {
-            lab,
-            stop: AtomicBool::new(false),
-            duplicates: Mutex::new(Vec::new()),
-            samples: Mutex::new(0),
-        }
-    }
-
-    fn run(&self) {
-        let start = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
-            let round = Instant::now();
-            for (vip, nodes) in holders(self.lab) {
-                if nodes.len() > 1 {
-                    self.duplicates
-                        .lock()
-                        .unwrap()
-                        .push((start.elapsed(), vip, nodes));
-                }
-            }
-            *self.samples.lock().unwrap() += 1;
-            std::thread::sleep(Duration::from_millis(20).saturating_sub(round.elapsed()));
-        }
-    }
-
-    fn finish(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-
-    /// Stops the sampler when dropped, so that a failing assertion does not leave the scoped
-    /// sampler thread running forever.
-    fn stop_on_drop(&self) -> StopOnDrop<'_, 'a> {
-        StopOnDrop(self)
-    }
-
-    fn assert_clean(&self) {
-        let duplicates = self.duplicates.lock().unwrap();
-        let samples = *self.samples.lock().unwrap();
-        assert!(samples >= 5, "the sampler ran only {samples} rounds");
-        assert!(
-            duplicates.is_empty(),
-            "a VIP was on two nodes in {} of {samples} samples; first: {:?}",
-            duplicates.len(),
-            duplicates.first()
-        );
-    }
-}
-
-struct StopOnDrop<'s, 'a>(&'s Sampler<'a>);
-
-impl Drop for StopOnDrop<'_, '_> {
-    fn drop(&mut self) {
-        self.0.finish();
-    }
-}
-
-fn start_cluster(prefix: &str) -> Lab {
-    let lab = common::lab(prefix, 3, 1);
-    lab.start_cluster(Path::new(VIPGATE)).unwrap();
-    // Settled: every VIP hosted and every node holding one (4 VIPs on 3 nodes).
-    assert!(
-        common::wait_until(Duration::from_secs(30), || all_hosted(&lab)
-            && NODES.iter().all(|node| !held_by(&lab, node).is_empty())),
-        "the cluster never hosted every VIP balanced: {:?}\n{}",
-        holders(&lab),
-        logs(&lab)
-    );
-    lab
-}
-
-fn logs(lab: &Lab) -> String {
-    NODES
-        .iter()
-        .map(|node| {
-            let text =
-                std::fs::read_to_string(cluster::log_path(lab.name(), node)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            format!(
-                "--- {node} ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Runs `vipgate ARGS` on `host`; returns (exit code, stdout).
-fn vipgate(lab: &Lab, host: &str, args: &[&str]) -> (i32, String) {
-    let output = lab
-        .command(host, VIPGATE)
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
-}
-
-fn status(lab: &Lab, host: &str) -> serde_json::Value {
-    let (code, text) = vipgate(lab, host, &["status", "--json"]);
-    assert_eq!(code, 0, "status on {host} failed: {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn signal(lab: &Lab, host: &str, signal: Signal) {
-    lab.node_daemon(host)
-        .unwrap()
-        .unwrap_or_else(|| panic!("no daemon on {host}"))
-        .signal(signal);
-}
-
-/// The node holding `vip`, once exactly one does (a planned move leaves it unhosted for a few
-/// milliseconds).
-fn owner_of(lab: &Lab, vip: IpAddr) -> &'static str {
-    let mut owner = None;
-    let hosted = common::wait_until(MOVE_DEADLINE, || {
-        owner = match holders(lab)[&vip].as_slice() {
-            [only] => Some(*only),
-            _ => None,
-        };
-        owner.is_some()
-    });
-    assert!(
-        hosted,
-        "{vip} is not on exactly one node: {:?}",
-        holders(lab)
-    );
-    owner.unwrap()
-}
-
-fn moved_off(lab: &Lab, vips: &[IpAddr], from: &str) -> bool {
-    let now = holders(lab);
-    vips.iter()
-        .all(|vip| now[vip].len() == 1 && now[vip][0] != from)
-}
-
-fn held_by(lab: &Lab, node: &str) -> Vec<IpAddr> {
-    holders(lab)
-        .into_iter()
-        .filter(|(_, nodes)| nodes.contains(&node))
-        .map(|(vip, _)| vip)
-        .collect()
-}
-
-fn first_v4() -> IpAddr {
-    cluster::vip_addresses()[0]
-}
+use vipgate::lab::{Lab, Network, netns};
 
 #[test]
 fn killed_and_frozen_owners_lose_their_vips_without_overlap() {
@@ -459,6 +273,34 @@ fn operator_commands_disable_enable_moveip_ban() {
         let (code, text) = vipgate(&lab, "node1", &["moveip", &vip.to_string(), target]);
         assert_eq!(code, 0, "moveip: {text}");
         assert!(common::wait_until(MOVE_DEADLINE, || owner_of(&lab, vip) == target));
+        // Moved on again at once, while the previous owner's announcement rounds would still
+        // be running: the client must follow the last owner and stay there (a late round from
+        // an earlier owner used to point it back for a second).
+        assert!(lab.reaches("client1", vip, Duration::from_secs(2)).unwrap());
+        let last = NODES.iter().copied().find(|node| *node != target).unwrap();
+        let (code, text) = vipgate(&lab, "node1", &["moveip", &vip.to_string(), last]);
+        assert_eq!(code, 0, "moveip: {text}");
+        let last_mac = lab.mac(last, "pub0").unwrap();
+        let client_mac = || {
+            lab.neighbours("client1")
+                .unwrap()
+                .into_iter()
+                .find(|n| n.address == vip)
+                .and_then(|n| n.mac)
+        };
+        assert!(
+            common::wait_until(MOVE_DEADLINE, || client_mac().as_deref() == Some(&last_mac)),
+            "client1 never learned that {vip} is on {last}"
+        );
+        let steady = Instant::now();
+        while steady.elapsed() < Duration::from_millis(2500) {
+            assert_eq!(
+                client_mac().as_deref(),
+                Some(last_mac.as_str()),
+                "client1 was sent back to an earlier owner of {vip}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // Refused with a clear error: an unknown node, an unknown address.
         let (code, _) = vipgate(&lab, "node1", &["moveip", &vip.to_string(), "node9"]);
         assert_ne!(code, 0);

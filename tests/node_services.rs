@@ -14,28 +14,14 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use common::cluster::{VIPGATE, holders, logs};
 use nix::sys::signal::Signal;
 use vipgate::lab::{Lab, cluster, state};
-
-const NODES: [&str; 3] = ["node1", "node2", "node3"];
-const VIPGATE: &str = env!("CARGO_BIN_EXE_vipgate");
-
-/// The nodes that have `vip` configured now.
-fn holders(lab: &Lab, vip: IpAddr) -> Vec<&'static str> {
-    NODES
-        .into_iter()
-        .filter(|node| {
-            lab.addresses(node)
-                .is_ok_and(|addresses| addresses.iter().any(|a| a.address.addr() == vip))
-        })
-        .collect()
-}
 
 fn client(lab: &Lab, program: &str, args: &[&str]) -> Output {
     lab.command("client1", program)
@@ -51,22 +37,6 @@ fn describe(output: &Output) -> String {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-fn logs(lab: &Lab) -> String {
-    NODES
-        .iter()
-        .map(|node| {
-            let text =
-                std::fs::read_to_string(cluster::log_path(lab.name(), node)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(12).collect();
-            format!(
-                "--- {node} ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]
@@ -116,7 +86,7 @@ fn an_nfs_client_reads_its_file_back_through_the_vip_after_the_owner_is_killed()
     let mut owner = Vec::new();
     assert!(
         common::wait_until(Duration::from_secs(10), || {
-            owner = holders(&lab, vip);
+            owner = holders(&lab)[&vip].clone();
             owner.len() == 1
         }),
         "{vip} is not on exactly one node: {owner:?}"
@@ -150,7 +120,7 @@ fn an_nfs_client_reads_its_file_back_through_the_vip_after_the_owner_is_killed()
         last.stdout, content,
         "the bytes read back after the failover"
     );
-    let now = holders(&lab, vip);
+    let now = holders(&lab)[&vip].clone();
     assert!(
         now.len() == 1 && now[0] != victim,
         "{vip} should be on one survivor: {now:?}"

@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 /// Whether this test may build namespaces. Tests need root; CI runs them as root and must not
 /// skip them silently, so outside root they fail under CI and are skipped (loudly) elsewhere.
 pub fn root_or_skip(test: &str) -> bool {
