@@ -7,6 +7,7 @@ mod ctl_cmd;
 mod demo_cmd;
 mod nfs_cmd;
 mod node_cmd;
+mod samba_cmd;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -48,6 +49,10 @@ enum Command {
     Control(ctl_cmd::ControlCommand),
     /// Serve the cluster file's NFS exports from this machine until SIGTERM/SIGINT.
     Nfs(nfs_cmd::NfsArgs),
+    /// Print the smb.conf this node runs smbd with, rendered from the cluster file.
+    SambaConfig(samba_cmd::SambaConfigArgs),
+    /// Manage this node's SMB users (passwords are per node: repeat on every node).
+    SmbUser(samba_cmd::SmbUserArgs),
 }
 
 /// Global options every subcommand may use.
@@ -99,6 +104,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo_cmd::run(args, &globals),
         Command::Control(command) => ctl_cmd::run(command, &globals),
         Command::Nfs(args) => nfs_cmd::run(args, &globals),
+        Command::SambaConfig(args) => samba_cmd::run_config(args, &globals),
+        Command::SmbUser(args) => samba_cmd::run_user(args, &globals),
     };
     match result {
         Ok(code) => code,

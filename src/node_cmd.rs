@@ -1,5 +1,6 @@
 //! `vipgate node`: the node daemon. Finds this node in the cluster file, starts the services it
-//! serves (the NFS gateway on 2049 with portmap on 111), then runs [`vipd::daemon::run`] with
+//! serves (the NFS gateway on 2049 with portmap on 111; smbd, supervised, when `smb.manage`),
+//! then runs [`vipd::daemon::run`] with
 //! their health probes until SIGTERM or SIGINT, when it hands its addresses over, stops the
 //! services and exits.
 
@@ -40,6 +41,7 @@ pub fn run_daemon(args: &NodeDaemonArgs, globals: &Globals) -> anyhow::Result<Ex
         let node = find_self(&config, args.name.as_deref()).await?;
         let mut services = Services::default();
         start_nfs(&config, &node, &mut services)?;
+        start_smb(&config, args, &mut services)?;
         let options = vipd::daemon::DaemonOptions {
             data_dir: args
                 .data_dir
@@ -112,6 +114,135 @@ fn start_nfs(config: &ClusterConfig, node: &Node, services: &mut Services) -> an
         server.serve(stop).await.context("the NFS server failed")
     });
     Ok(())
+}
+
+/// How long the smbd probe waits for each step of an SMB2 NEGOTIATE.
+const SMB_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the cluster file is re-read for changes of the `smb` section.
+const SMB_CONFIG_POLL: Duration = Duration::from_secs(2);
+/// How long smbd gets between SIGTERM and SIGKILL when the node stops.
+const SMBD_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// smbd, supervised, with its health probe, when the cluster file says `smb.manage: true`; and
+/// a task that re-renders `smb.conf` when the cluster file's `smb` section changes.
+fn start_smb(
+    config: &ClusterConfig,
+    args: &NodeDaemonArgs,
+    services: &mut Services,
+) -> anyhow::Result<()> {
+    use gateway::smb::{Backoff, NegotiateProbe, SambaPaths, Smbd, SmbdOptions};
+    if !config.smb.manage {
+        return Ok(());
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| config.cluster.data_dir.clone());
+    let paths = SambaPaths::under(&data_dir);
+    let text = gateway::smb::render(config, &paths).with_context(|| {
+        format!(
+            "smb.manage is true, but smb.conf cannot be rendered from {}",
+            args.config.display()
+        )
+    })?;
+    let program = gateway::smb::supervise::find_program("smbd")
+        .context("smb.manage is true, but smbd cannot be run")?;
+    let options = SmbdOptions {
+        program,
+        paths: paths.clone(),
+        backoff: Backoff::default(),
+        stop_timeout: SMBD_STOP_TIMEOUT,
+    };
+    let (smbd, handle) = Smbd::prepare(options, &text)?;
+    services.probes.push(Arc::new(SmbdProbe {
+        name: "smbd 127.0.0.1:445".to_owned(),
+        handle: handle.clone(),
+        negotiate: NegotiateProbe {
+            address: SocketAddr::from((Ipv4Addr::LOCALHOST, 445)),
+            timeout: SMB_PROBE_TIMEOUT,
+        },
+    }));
+    let stop = services.stop.clone();
+    services.spawn("smbd", async move {
+        smbd.run(stop).await;
+        Ok(())
+    });
+    let stop = services.stop.clone();
+    let config_path = args.config.clone();
+    services.spawn("smb.conf", async move {
+        follow_smb_config(config_path, paths, handle, stop).await;
+        Ok(())
+    });
+    Ok(())
+}
+
+/// Re-reads the cluster file every [`SMB_CONFIG_POLL`]; when it changed and still renders,
+/// hands the new `smb.conf` to the supervisor, which rewrites it and reloads smbd if the text
+/// differs. Other sections of the file need a restart of the node to take effect.
+async fn follow_smb_config(
+    config_path: std::path::PathBuf,
+    paths: gateway::smb::SambaPaths,
+    handle: gateway::smb::SmbdHandle,
+    stop: CancellationToken,
+) {
+    let mut last = std::fs::read(&config_path).ok();
+    let mut interval = tokio::time::interval(SMB_CONFIG_POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Ok(current) = std::fs::read(&config_path) else {
+            continue;
+        };
+        if last.as_ref() == Some(&current) {
+            continue;
+        }
+        last = Some(current);
+        let rendered = cluster_config::load(&config_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                if !config.smb.manage {
+                    tracing::warn!(
+                        "smb.manage was turned off in {}; smbd keeps running until the node restarts",
+                        config_path.display()
+                    );
+                }
+                Ok(gateway::smb::render(&config, &paths)?)
+            });
+        match rendered {
+            Ok(text) => {
+                if !handle.reload(text).await {
+                    return;
+                }
+            }
+            Err(error) => tracing::error!(
+                "the changed cluster file {} gives no smb.conf; smbd keeps the previous one: {error:#}",
+                config_path.display()
+            ),
+        }
+    }
+}
+
+/// The node's smbd health: smbd runs under the supervisor, and port 445 answers an SMB2
+/// NEGOTIATE.
+#[derive(Debug)]
+struct SmbdProbe {
+    name: String,
+    handle: gateway::smb::SmbdHandle,
+    negotiate: gateway::smb::NegotiateProbe,
+}
+
+impl Probe for SmbdProbe {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn check(&self) -> Result<(), String> {
+        self.handle.state().running()?;
+        self.negotiate.negotiate().map(|_| ())
+    }
 }
 
 /// This node: the one named, or the one whose cluster address is configured here.

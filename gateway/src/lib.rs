@@ -31,6 +31,8 @@
 //! To serve: build a [`Service`] from the exports ([`ExportSpec::from_config`]), bind listeners
 //! ([`server::bind_wildcard`] for 2049 and 111), and run [`serve`] until a
 //! `CancellationToken` is cancelled.
+//!
+//! [`smb`] is the Samba side: the rendered `smb.conf`, the supervised smbd and its probe.
 
 pub mod creds;
 pub mod dispatch;
@@ -44,6 +46,7 @@ pub mod record;
 pub mod rpc;
 pub mod server;
 pub mod service;
+pub mod smb;
 pub mod sys;
 pub mod xdr;
 

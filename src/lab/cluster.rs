@@ -1,5 +1,6 @@
 //! A vipgate cluster inside a lab: the generated cluster file (pure), and `vipgate node` started
-//! on every node host.
+//! on every node host. When Samba is installed the file also gets an `smb` section (one share,
+//! smbd managed by every node) and every node gets the demo SMB user.
 //!
 //! The lab's "replicated volume" is one directory, `<lab>/volume`, that every node sees: each
 //! node process gets it bind-mounted at `<lab>/mnt` in its private mount namespace (see
@@ -30,6 +31,73 @@ pub const DEMO_EXPORT: &str = "demo";
 /// The uid and gid that own the demo export's directory: the export's anonymous user.
 pub const DEMO_EXPORT_OWNER: u32 = 65534;
 
+/// The SMB share of the lab (when Samba is installed): the same `demo` directory as the NFS
+/// export, read-write.
+pub const DEMO_SHARE: &str = "demo";
+
+/// The lab's SMB user and password. The user acts as the unix account `nobody` (65534, the
+/// owner of the demo directory, as NFS clients' squashed root does): the nodes share the
+/// machine's `/etc/passwd`, and a lab must not add accounts to it.
+pub const DEMO_SMB_USER: &str = "demo";
+pub const DEMO_SMB_PASSWORD: &str = "vipgate-demo";
+pub const DEMO_SMB_UNIX_USER: &str = "nobody";
+
+/// Whether Samba's smbd is installed here, so that labs serve SMB.
+pub fn samba_installed() -> bool {
+    gateway::smb::supervise::find_program("smbd").is_ok()
+}
+
+/// The `smb` section `Lab::start_cluster` appends to the cluster file when Samba is installed:
+/// smbd managed by every node, one read-write share.
+pub fn smb_section() -> String {
+    format!(
+        "smb:\n  manage: true\n  shares:\n    - name: {DEMO_SHARE}\n      path: {DEMO_EXPORT}\n      \
+         read_only: false\n"
+    )
+}
+
+/// Sets the demo SMB user on every node of `lab` (before their daemons start), with
+/// `vipgate smb-user add` as an operator would, inside each node's environment.
+pub fn add_demo_smb_user(lab: &super::Lab, vipgate: &Path) -> Result<(), super::LabError> {
+    use std::io::Write as _;
+    let nodes: Vec<String> = lab
+        .plan()
+        .hosts_of(Role::Node)
+        .map(|host| host.name.clone())
+        .collect();
+    for node in nodes {
+        let mut command = lab.command(&node, vipgate)?;
+        command
+            .args([
+                "smb-user",
+                "add",
+                DEMO_SMB_USER,
+                "--unix-user",
+                DEMO_SMB_UNIX_USER,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let failed = |message: String| super::LabError::Io {
+            context: format!("cannot add the SMB user {DEMO_SMB_USER} on {node}"),
+            source: std::io::Error::other(message),
+        };
+        let mut child = command.spawn().map_err(|error| failed(error.to_string()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = writeln!(stdin, "{DEMO_SMB_PASSWORD}");
+        }
+        let output = child
+            .wait_with_output()
+            .map_err(|error| failed(error.to_string()))?;
+        if !output.status.success() {
+            return Err(failed(
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One thing a person can try against a service of the lab, shown by `vipgate demo` and
 /// `vipgate demo list` (and its `--json`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -50,11 +118,29 @@ pub fn service_hints(plan: &Plan) -> Vec<ServiceHint> {
         .map_or("client1", |host| host.name.as_str());
     let vip = vip_addresses()[0];
     let nfs = format!("nfs://{vip}/{DEMO_EXPORT}");
-    vec![ServiceHint {
+    let mut hints = vec![ServiceHint {
         service: "nfs",
         command: format!("vipgate demo exec {client} -- nfs-ls {nfs}"),
         address: nfs,
-    }]
+    }];
+    if samba_installed() {
+        hints.push(smb_hint(client, &vip.to_string()));
+    }
+    hints
+}
+
+/// The SMB hint: list the demo share with the demo user's credentials.
+// DNS (issue #5): once the lab's cluster file has a dns zone, pass `smb.<zone>` as `server`
+// instead of the VIP, so the hint reads `smbclient //smb.<zone>/demo ...`.
+fn smb_hint(client: &str, server: &str) -> ServiceHint {
+    let unc = format!("//{server}/{DEMO_SHARE}");
+    ServiceHint {
+        service: "smb",
+        command: format!(
+            "vipgate demo exec {client} -- smbclient {unc} -U {DEMO_SMB_USER}%{DEMO_SMB_PASSWORD} -c ls"
+        ),
+        address: unc,
+    }
 }
 
 /// The cluster file of a lab.
@@ -153,5 +239,23 @@ mod tests {
         assert_eq!(config.nfs.exports[0].name, DEMO_EXPORT);
         assert_eq!(config.nfs.exports[0].anon_uid, DEMO_EXPORT_OWNER);
         assert_eq!(vip_addresses().len(), 4);
+
+        let with_smb = format!("{text}{}", smb_section());
+        let config = cluster_config::parse(&with_smb, "cluster.yaml")
+            .unwrap_or_else(|error| panic!("{error}\n{with_smb}"));
+        assert!(config.smb.manage);
+        assert_eq!(config.smb.shares[0].name, DEMO_SHARE);
+        assert!(!config.smb.shares[0].read_only);
+        assert_eq!(config.smb.shares[0].path, Path::new(DEMO_EXPORT));
+    }
+
+    #[test]
+    fn the_smb_hint_carries_share_and_credentials() {
+        let hint = smb_hint("client1", "192.0.2.201");
+        assert_eq!(hint.address, "//192.0.2.201/demo");
+        assert_eq!(
+            hint.command,
+            "vipgate demo exec client1 -- smbclient //192.0.2.201/demo -U demo%vipgate-demo -c ls"
+        );
     }
 }

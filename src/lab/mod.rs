@@ -426,9 +426,16 @@ impl Lab {
                 std::os::unix::fs::chown(&export, owner, owner)
             })
             .context(|| format!("cannot create {}", export.display()))?;
-        let text = cluster::cluster_file(&self.plan, &secret, &cluster::volume_mount(&name));
+        let mut text = cluster::cluster_file(&self.plan, &secret, &cluster::volume_mount(&name));
+        let smb = cluster::samba_installed();
+        if smb {
+            text.push_str(&cluster::smb_section());
+        }
         let path = cluster::config_path(&name);
         write_private(&path, &text).context(|| format!("cannot write {}", path.display()))?;
+        if smb {
+            cluster::add_demo_smb_user(self, vipgate)?;
+        }
         let nodes: Vec<String> = self
             .plan
             .hosts_of(Role::Node)
