@@ -5,6 +5,7 @@
 mod config_cmd;
 mod ctl_cmd;
 mod demo_cmd;
+mod dns_cmd;
 mod nfs_cmd;
 mod node_cmd;
 
@@ -46,6 +47,8 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
     #[command(flatten)]
     Control(ctl_cmd::ControlCommand),
+    /// Show what each DNS name of the cluster answers now (asks the local node).
+    Dns(dns_cmd::DnsArgs),
     /// Serve the cluster file's NFS exports from this machine until SIGTERM/SIGINT.
     Nfs(nfs_cmd::NfsArgs),
 }
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo_cmd::run(args, &globals),
         Command::Control(command) => ctl_cmd::run(command, &globals),
         Command::Nfs(args) => nfs_cmd::run(args, &globals),
+        Command::Dns(args) => dns_cmd::run(&args, &globals),
     };
     match result {
         Ok(code) => code,
