@@ -5,6 +5,7 @@
 mod config_cmd;
 mod ctl_cmd;
 mod demo_cmd;
+mod dns_cmd;
 mod nfs_cmd;
 mod node_cmd;
 mod samba_cmd;
@@ -47,6 +48,8 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
     #[command(flatten)]
     Control(ctl_cmd::ControlCommand),
+    /// Show what each DNS name of the cluster answers now (asks the local node).
+    Dns(dns_cmd::DnsArgs),
     /// Serve the cluster file's NFS exports from this machine until SIGTERM/SIGINT.
     Nfs(nfs_cmd::NfsArgs),
     /// Print the smb.conf this node runs smbd with, rendered from the cluster file.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::Nfs(args) => nfs_cmd::run(args, &globals),
         Command::SambaConfig(args) => samba_cmd::run_config(args, &globals),
         Command::SmbUser(args) => samba_cmd::run_user(args, &globals),
+        Command::Dns(args) => dns_cmd::run(&args, &globals),
     };
     match result {
         Ok(code) => code,

@@ -1,8 +1,8 @@
 //! `vipgate node`: the node daemon. Finds this node in the cluster file, starts the services it
-//! serves (the NFS gateway on 2049 with portmap on 111; smbd, supervised, when `smb.manage`),
-//! then runs [`vipd::daemon::run`] with
-//! their health probes until SIGTERM or SIGINT, when it hands its addresses over, stops the
-//! services and exits.
+//! serves (the NFS gateway on 2049 with portmap on 111; the DNS server of the `dns` section;
+//! smbd, supervised, when `smb.manage`), then runs [`vipd::daemon::run`] with their health
+//! probes until SIGTERM or SIGINT, when it hands its addresses over, stops the services and
+//! exits.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use cluster_config::{ClusterConfig, Node};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use vipd::health::{NFS_PROGRAM, Probe, RpcNullProbe};
+use vipd::state::ClusterState;
 
 use crate::Globals;
 use crate::ctl_cmd::NodeDaemonArgs;
@@ -42,6 +44,7 @@ pub fn run_daemon(args: &NodeDaemonArgs, globals: &Globals) -> anyhow::Result<Ex
         let mut services = Services::default();
         start_nfs(&config, &node, &mut services)?;
         start_smb(&config, args, &mut services)?;
+        let published = start_dns(&config, &mut services)?;
         let options = vipd::daemon::DaemonOptions {
             data_dir: args
                 .data_dir
@@ -51,7 +54,7 @@ pub fn run_daemon(args: &NodeDaemonArgs, globals: &Globals) -> anyhow::Result<Ex
             node,
             config,
             probes: std::mem::take(&mut services.probes),
-            published: None,
+            published,
         };
         let result = vipd::daemon::run(options, shutdown_signal()).await;
         // The services stop only after the daemon handed this node's addresses over, so the
@@ -243,6 +246,55 @@ impl Probe for SmbdProbe {
         self.handle.state().running()?;
         self.negotiate.negotiate().map(|_| ())
     }
+}
+
+/// The DNS server on the `dns` section's addresses, when the file has one. It answers from a
+/// view rebuilt whenever the replicated live set changes (the daemon publishes its applied
+/// state on the returned channel), so every node answers the same.
+fn start_dns(
+    config: &ClusterConfig,
+    services: &mut Services,
+) -> anyhow::Result<Option<watch::Sender<Arc<ClusterState>>>> {
+    let Some(section) = &config.dns else {
+        return Ok(None);
+    };
+    let zone = Arc::new(dns::Zone::new(section, &config.nodes));
+    let server = dns::DnsServer::bind(&section.listen, dns::server::Limits::default())
+        .context("cannot start the DNS server")?;
+    tracing::info!(
+        zone = zone.apex(),
+        listen = dns::server::describe(&section.listen),
+        "serving DNS"
+    );
+    let (published, mut states) = watch::channel(Arc::new(ClusterState::default()));
+    let (views, view) = watch::channel(Arc::new(dns::View::empty(zone.clone())));
+    let stop = services.stop.clone();
+    services.spawn("dns view", async move {
+        let mut serial = 0;
+        loop {
+            let state = states.borrow_and_update().clone();
+            // The serial moves with every change of the live set, identically on every node.
+            if state.live_serial != serial {
+                serial = state.live_serial;
+                let view = dns::View::new(zone.clone(), &state.live_vips(), serial);
+                views.send_replace(Arc::new(view));
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    });
+    let stop = services.stop.clone();
+    services.spawn("dns", async move {
+        server.serve(view, stop).await;
+        Ok(())
+    });
+    Ok(Some(published))
 }
 
 /// This node: the one named, or the one whose cluster address is configured here.

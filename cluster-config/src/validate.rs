@@ -124,7 +124,7 @@ impl Checker<'_> {
         let nfs = self.nfs(&raw.nfs.exports);
         let smb = self.smb(raw.smb.manage, &raw.smb.shares);
         let dns = match &raw.dns {
-            Some(dns) => self.dns(dns, &raw.public_addresses).map(Some),
+            Some(dns) => self.dns(dns, &raw.public_addresses, &raw.nodes).map(Some),
             None => Some(None),
         };
         let timings = self.timings(&raw.timings);
@@ -795,7 +795,12 @@ impl Checker<'_> {
         valid.then(|| users.to_vec())
     }
 
-    fn dns(&mut self, raw: &RawDns, raw_addresses: &[RawPublicAddress]) -> Option<Dns> {
+    fn dns(
+        &mut self,
+        raw: &RawDns,
+        raw_addresses: &[RawPublicAddress],
+        raw_nodes: &[RawNode],
+    ) -> Option<Dns> {
         let zone = self.check("dns.zone", rules::parse_dns_name(&raw.zone));
         let ttl = match raw.ttl {
             None => Some(DEFAULT_TTL),
@@ -836,7 +841,7 @@ impl Checker<'_> {
                 .map(|address| SocketAddr::new(address, port))
                 .collect()
         });
-        let names = self.dns_names(raw, zone.as_deref(), raw_addresses);
+        let names = self.dns_names(raw, zone.as_deref(), raw_addresses, raw_nodes);
         Some(Dns {
             zone: zone?,
             ttl: ttl?,
@@ -889,6 +894,7 @@ impl Checker<'_> {
         raw: &RawDns,
         zone: Option<&str>,
         raw_addresses: &[RawPublicAddress],
+        raw_nodes: &[RawNode],
     ) -> Option<Vec<DnsName>> {
         // Public addresses as written, including ones that failed their own checks, so a DNS
         // name that refers to a faulty VIP does not raise a second, misleading problem.
@@ -911,6 +917,20 @@ impl Checker<'_> {
                     self.report(
                         &name_path,
                         format!("{} is already listed as dns.names[{first}]", entry.name),
+                    );
+                    name = None;
+                } else if let Some(node) = raw_nodes
+                    .iter()
+                    .position(|node| node.name.eq_ignore_ascii_case(relative))
+                {
+                    // `<node>.<zone>` is the node's own name (its public_address, and an NS host).
+                    self.report(
+                        &name_path,
+                        format!(
+                            "{} is the name of nodes[{node}], which the zone answers with that \
+                             node's public_address; choose another name",
+                            relative
+                        ),
                     );
                     name = None;
                 } else {

@@ -207,6 +207,11 @@ fn cases() -> Vec<Case> {
             ],
         ),
         appended(
+            "dns name that is a node's name",
+            "dns:\n  zone: gw.example\n  names:\n    - {name: Node1, addresses: all}\n",
+            &[(16, 14, "dns.names[0].name", "node1 is the name of nodes[0], which the zone answers with that node's public_address")],
+        ),
+        appended(
             "timings",
             "timings:\n  heartbeat: 500ms\n  election: 1s\n  lease: 900ms\n  health_interval: 1\n",
             &[
