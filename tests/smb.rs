@@ -359,6 +359,24 @@ fn smbclient_through_a_vip_with_read_only_and_restricted_shares() {
         describe(&output)
     );
 
+    // Through the DNS name, as a Windows user would: client1 resolves `smb.<zone>` with the
+    // nodes' DNS servers, which list only the live VIPs.
+    let unc = format!("//smb.{}/{}", cluster::DNS_ZONE, cluster::DEMO_SHARE);
+    let output = lab
+        .command("client1", "smbclient")
+        .unwrap()
+        .arg(&unc)
+        .args(["-U", &credentials, "-c", "ls"])
+        .args(client_options(&lab))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{unc}: {}", describe(&output));
+    assert!(
+        text(&output).contains("upload.bin"),
+        "{}",
+        describe(&output)
+    );
+
     // A node stopped with SIGTERM stops its smbd (SIGTERM, which smbd passes to its children).
     let other = nodes(&lab)
         .into_iter()
@@ -375,9 +393,6 @@ fn smbclient_through_a_vip_with_read_only_and_restricted_shares() {
     );
     let log = std::fs::read_to_string(cluster::log_path(lab.name(), &other)).unwrap();
     assert!(log.contains("smbd stopped"), "{log}");
-
-    // DNS (issue #5): when the lab's cluster file gets a dns zone, repeat the put/get above
-    // through `//smb.<zone>/demo` from client1 (whose resolv.conf will point at the nodes).
 }
 
 /// `vipgate samba-config` renders the example cluster file into a configuration Samba's own

@@ -128,15 +128,13 @@ pub fn service_hints(plan: &Plan) -> Vec<ServiceHint> {
         address: nfs,
     }];
     if samba_installed() {
-        hints.push(smb_hint(client, &vip.to_string()));
+        hints.push(smb_hint(client, &format!("smb.{DNS_ZONE}")));
     }
     hints.extend(dns_hints(plan, client));
     hints
 }
 
-/// The SMB hint: list the demo share with the demo user's credentials.
-// DNS (issue #5): once the lab's cluster file has a dns zone, pass `smb.<zone>` as `server`
-// instead of the VIP, so the hint reads `smbclient //smb.<zone>/demo ...`.
+/// The SMB hint: list the demo share through the DNS name with the demo user's credentials.
 fn smb_hint(client: &str, server: &str) -> ServiceHint {
     let unc = format!("//{server}/{DEMO_SHARE}");
     ServiceHint {
@@ -146,6 +144,21 @@ fn smb_hint(client: &str, server: &str) -> ServiceHint {
         ),
         address: unc,
     }
+}
+
+/// The resolver file of the lab's clients once a cluster runs: every node's DNS server, tried
+/// in turn with a short timeout (a dead node costs a client one second, not a hang).
+pub fn client_resolv_conf(plan: &Plan) -> String {
+    let mut text = String::new();
+    // glibc reads at most three name servers.
+    for node in plan.hosts_of(Role::Node).take(3) {
+        let _ = writeln!(text, "nameserver {}", node.public_v4());
+    }
+    let _ = writeln!(
+        text,
+        "search {DNS_ZONE}\noptions timeout:1 attempts:2 rotate"
+    );
+    text
 }
 
 /// The DNS names of the lab, asked of the first node (any node answers the same).

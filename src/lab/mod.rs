@@ -433,6 +433,15 @@ impl Lab {
         }
         let path = cluster::config_path(&name);
         write_private(&path, &text).context(|| format!("cannot write {}", path.display()))?;
+        // Clients resolve through the nodes' DNS servers, so `nfs.<zone>` and `smb.<zone>` work
+        // from them as from a real client whose zone is delegated to the cluster (nodes ask
+        // their own server on 127.0.0.1 already).
+        let resolv = cluster::client_resolv_conf(&self.plan);
+        for client in self.plan.hosts_of(Role::Client) {
+            let file = self.host_dir(&client.name).join("etc").join("resolv.conf");
+            std::fs::write(&file, &resolv)
+                .context(|| format!("cannot write {}", file.display()))?;
+        }
         if smb {
             cluster::add_demo_smb_user(self, vipgate)?;
         }
