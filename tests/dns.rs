@@ -24,6 +24,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
+use common::cluster::logs;
 use nix::sys::signal::Signal;
 use vipgate::lab::{Lab, cluster, netns};
 
@@ -221,22 +222,6 @@ fn nfs_answer(lab: &Lab, server: IpAddr) -> Option<BTreeSet<IpAddr>> {
         .unwrap();
     let dig = parse_dig(&String::from_utf8_lossy(&output.stdout));
     (dig.status == "NOERROR").then(|| dig.addresses())
-}
-
-fn logs(lab: &Lab) -> String {
-    NODES
-        .iter()
-        .map(|node| {
-            let text =
-                std::fs::read_to_string(cluster::log_path(lab.name(), node)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            format!(
-                "--- {node} ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]

@@ -27,6 +27,7 @@ use std::process::{Child, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::{logs, vipgate};
 use nix::sys::signal::Signal;
 use vipgate::lab::state::ProcessId;
 use vipgate::lab::{Lab, cluster, state};
@@ -88,36 +89,6 @@ fn owner_of(lab: &Lab, vip: IpAddr) -> Option<String> {
         [only] => Some(only.clone()),
         _ => None,
     }
-}
-
-fn logs(lab: &Lab) -> String {
-    nodes(lab)
-        .iter()
-        .map(|node| {
-            let text =
-                std::fs::read_to_string(cluster::log_path(lab.name(), node)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(20).collect();
-            format!(
-                "--- {node} ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Runs `vipgate ARGS` on `host`; returns (exit code, stdout).
-fn vipgate(lab: &Lab, host: &str, args: &[&str]) -> (i32, String) {
-    let output = lab
-        .command(host, VIPGATE)
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
 }
 
 fn json(lab: &Lab, host: &str, args: &[&str]) -> Option<serde_json::Value> {

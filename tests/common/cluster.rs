@@ -131,12 +131,13 @@ pub fn start_cluster(prefix: &str) -> Lab {
 }
 
 pub fn logs(lab: &Lab) -> String {
-    NODES
-        .iter()
-        .map(|node| {
+    lab.plan()
+        .hosts_of(vipgate::lab::Role::Node)
+        .map(|host| {
+            let node = &host.name;
             let text =
                 std::fs::read_to_string(cluster::log_path(lab.name(), node)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            let tail: Vec<&str> = text.lines().rev().take(20).collect();
             format!(
                 "--- {node} ---\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
