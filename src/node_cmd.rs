@@ -41,15 +41,16 @@ pub fn run_daemon(args: &NodeDaemonArgs, globals: &Globals) -> anyhow::Result<Ex
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let node = find_self(&config, args.name.as_deref()).await?;
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| config.cluster.data_dir.clone());
         let mut services = Services::default();
         start_nfs(&config, &node, &mut services)?;
-        start_smb(&config, args, &mut services)?;
+        start_smb(&config, &args.config, &data_dir, &mut services)?;
         let published = start_dns(&config, &mut services)?;
         let options = vipd::daemon::DaemonOptions {
-            data_dir: args
-                .data_dir
-                .clone()
-                .unwrap_or_else(|| config.cluster.data_dir.clone()),
+            data_dir,
             socket: globals.socket.clone(),
             node,
             config,
@@ -130,22 +131,19 @@ const SMBD_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// a task that re-renders `smb.conf` when the cluster file's `smb` section changes.
 fn start_smb(
     config: &ClusterConfig,
-    args: &NodeDaemonArgs,
+    config_path: &std::path::Path,
+    data_dir: &std::path::Path,
     services: &mut Services,
 ) -> anyhow::Result<()> {
     use gateway::smb::{Backoff, NegotiateProbe, SambaPaths, Smbd, SmbdOptions};
     if !config.smb.manage {
         return Ok(());
     }
-    let data_dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| config.cluster.data_dir.clone());
-    let paths = SambaPaths::under(&data_dir);
+    let paths = SambaPaths::under(data_dir);
     let text = gateway::smb::render(config, &paths).with_context(|| {
         format!(
             "smb.manage is true, but smb.conf cannot be rendered from {}",
-            args.config.display()
+            config_path.display()
         )
     })?;
     let program = gateway::smb::supervise::find_program("smbd")
@@ -171,7 +169,7 @@ fn start_smb(
         Ok(())
     });
     let stop = services.stop.clone();
-    let config_path = args.config.clone();
+    let config_path = config_path.to_owned();
     services.spawn("smb.conf", async move {
         follow_smb_config(config_path, paths, handle, stop).await;
         Ok(())
