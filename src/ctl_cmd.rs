@@ -136,19 +136,27 @@ pub struct NodeDaemonArgs {
     /// one machine, as in the demo).
     #[arg(long, env = "VIPGATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// First start of a node added with `vipgate node add`: join the running cluster (which
+    /// tells this node its pnn and sends it the state) instead of bootstrapping a new one from
+    /// the file. Has no effect once the node has started once.
+    #[arg(long)]
+    pub join: bool,
 }
 
-/// Membership changes, agreed through Raft.
+/// Membership changes, agreed through Raft. After the first start the cluster's own membership
+/// is the authority, not the file: keep the file in step for the record.
 #[derive(Debug, Subcommand)]
 pub enum MembershipCommand {
-    /// Add a node to the cluster.
+    /// Add a node to the cluster; then start it with `vipgate node --join`.
     Add {
-        /// Its name.
+        /// Its name (as the cluster file will list it).
         name: String,
+        /// Its cluster address.
+        address: IpAddr,
     },
-    /// Remove a node from the cluster.
+    /// Remove a node from the cluster: its public IPs move away first. Run it on another node.
     Remove {
-        /// Its name.
+        /// Its name, pnn or cluster address.
         name: String,
     },
     /// Change a node's cluster address.
@@ -247,7 +255,10 @@ pub fn plan(command: &ControlCommand) -> Option<(Request, View)> {
         ControlCommand::Pnn => (Request::Status, View::Pnn),
         ControlCommand::Node(NodeArgs { command, .. }) => {
             let request = match command.as_ref()? {
-                MembershipCommand::Add { name } => Request::NodeAdd { name: name.clone() },
+                MembershipCommand::Add { name, address } => Request::NodeAdd {
+                    name: name.clone(),
+                    address: *address,
+                },
                 MembershipCommand::Remove { name } => Request::NodeRemove { name: name.clone() },
                 MembershipCommand::SetAddress { name, address } => Request::NodeSetAddress {
                     name: name.clone(),
@@ -1164,10 +1175,11 @@ mod tests {
             ),
             (&["pnn"], Some((Request::Status, View::Pnn))),
             (
-                &["node", "add", "node4"],
+                &["node", "add", "node4", "198.51.100.14"],
                 Some((
                     Request::NodeAdd {
                         name: "node4".into(),
+                        address: "198.51.100.14".parse().unwrap(),
                     },
                     View::Action,
                 )),
@@ -1207,6 +1219,8 @@ mod tests {
             &["ip", "some"],
             &["node", "--name", "node1", "add", "node4"],
             &["node", "set-address", "node4", "nowhere"],
+            &["node", "add", "node4"],
+            &["node", "--join", "add", "node4", "198.51.100.14"],
         ] {
             assert!(
                 Cli::try_parse_from(std::iter::once("vipgate").chain(bad.iter().copied())).is_err(),
@@ -1247,6 +1261,12 @@ mod tests {
         };
         assert_eq!(daemon.config, PathBuf::from("/tmp/c.yaml"));
         assert_eq!(daemon.name.as_deref(), Some("node2"));
+        assert!(!daemon.join);
+        let cli = Cli::try_parse_from(["vipgate", "node", "--join", "--name", "node4"]).unwrap();
+        let ControlCommand::Node(NodeArgs { daemon, .. }) = cli.command else {
+            panic!("not the daemon");
+        };
+        assert!(daemon.join);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn run_daemon(args: &NodeDaemonArgs, globals: &Globals) -> anyhow::Result<Ex
             config,
             probes: std::mem::take(&mut services.probes),
             published,
+            join: args.join,
         };
         let result = vipd::daemon::run(options, shutdown_signal()).await;
         // The services stop only after the daemon handed this node's addresses over, so the

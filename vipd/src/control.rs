@@ -71,11 +71,13 @@ pub enum Request {
     Ban { node: Option<String>, seconds: u64 },
     /// Lifts a ban early.
     Unban { node: Option<String> },
-    /// Adds a node to the membership (through Raft).
-    NodeAdd { name: String },
-    /// Removes a node from the membership (through Raft).
+    /// Adds a node called `name` at cluster address `address` to the membership; it gets the
+    /// next unused pnn and is then started with `vipgate node --join`.
+    NodeAdd { name: String, address: IpAddr },
+    /// Removes a node (name, pnn or cluster address) from the membership: its VIPs move away
+    /// first, then it leaves the Raft configuration. A node cannot remove itself.
     NodeRemove { name: String },
-    /// Changes a node's cluster address (through Raft).
+    /// Changes a node's cluster address; every node's peer links follow.
     NodeSetAddress { name: String, address: IpAddr },
 }
 
@@ -904,8 +906,9 @@ mod tests {
             (
                 Request::NodeAdd {
                     name: "node4".into(),
+                    address: "198.51.100.14".parse().unwrap(),
                 },
-                r#"{"command":"node-add","name":"node4"}"#,
+                r#"{"command":"node-add","name":"node4","address":"198.51.100.14"}"#,
             ),
             (
                 Request::NodeRemove {

@@ -27,14 +27,15 @@ use crate::health::{self, MonitorSettings, Probe, VolumeProbe};
 use crate::lease::{Pnn, duration_ms};
 use crate::node::{NodeCore, NodeError, NodeSettings};
 use crate::state::{ClusterState, Command, MemberConfig, VipConfig, VipPhase};
-use crate::storage::{DiskLog, LogStore};
+use crate::storage::{DiskLog, LogStore, NodeIdentity};
 use crate::tickle::{Connection, Tickler};
 use crate::transport::{Event as PeerEvent, Transport, TransportConfig};
 
 /// How often the event loop runs when nothing else happens.
 const LOOP_INTERVAL: Duration = Duration::from_millis(10);
-/// How long a control command waits to see its effect in the applied state.
-const COMMAND_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a control command waits to see its effect in the applied state: under the control
+/// server's own deadline (5 s), so that the client gets this node's answer, not a timeout.
+const COMMAND_DEADLINE: Duration = Duration::from_millis(4500);
 /// How long a clean shutdown waits for the cluster to take this node's VIPs.
 const HANDOVER_DEADLINE: Duration = Duration::from_secs(4);
 /// How often the client connections of held VIPs are listed and, when changed, replicated.
@@ -70,6 +71,128 @@ pub struct DaemonOptions {
     pub probes: Vec<Arc<dyn Probe>>,
     /// Receives the applied state whenever it changes, for the services that follow it (DNS).
     pub published: Option<watch::Sender<Arc<ClusterState>>>,
+    /// First start of a node added at runtime (`vipgate node --join`): instead of bootstrapping
+    /// from the file, wait for the cluster to dial this node's cluster address, learn its PNN
+    /// from it, and catch up by snapshot. Ignored once the data directory has an identity.
+    pub join: bool,
+}
+
+/// How long a removed node lingers (holding nothing) so that the cluster can still count it
+/// while removing it from the Raft configuration.
+const REMOVED_LINGER: Duration = Duration::from_secs(10);
+/// How often a control command not yet carried out is proposed again (a proposal made while
+/// there was no leader is lost).
+const COMMAND_RETRY: Duration = Duration::from_secs(1);
+
+/// Where this node's PNN comes from at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityPlan {
+    /// The data directory says (every start after the first).
+    Known(Pnn),
+    /// The node's position in the cluster file: a new cluster's first start (`bootstrap`), or a
+    /// log written before identities were recorded.
+    FilePosition { bootstrap: bool },
+    /// Wait for the cluster to dial this node and say.
+    Join,
+}
+
+/// Decides where this node's PNN comes from (pure).
+pub fn identity_plan(
+    identity: Option<&NodeIdentity>,
+    log_initialized: bool,
+    join: bool,
+    name: &str,
+    cluster: &str,
+) -> Result<IdentityPlan, String> {
+    match identity {
+        Some(identity) if identity.cluster != cluster => Err(format!(
+            "the data directory belongs to cluster {:?}, not {cluster:?}",
+            identity.cluster
+        )),
+        Some(identity) if identity.name != name => Err(format!(
+            "the data directory belongs to node {:?}, not {name:?}",
+            identity.name
+        )),
+        Some(identity) => Ok(IdentityPlan::Known(identity.pnn)),
+        None if log_initialized => Ok(IdentityPlan::FilePosition { bootstrap: false }),
+        None if join => Ok(IdentityPlan::Join),
+        None => Ok(IdentityPlan::FilePosition { bootstrap: true }),
+    }
+}
+
+/// Cluster addresses of the members, by PNN.
+fn member_addresses(state: &ClusterState) -> BTreeMap<Pnn, IpAddr> {
+    state
+        .members
+        .iter()
+        .map(|(pnn, member)| (*pnn, member.cluster_address))
+        .collect()
+}
+
+/// Where this node's peers are: every member, and every Raft peer that is no longer a member
+/// but not yet out of the Raft configuration (at its last known address), so that a removed
+/// node still hears that it was removed and still counts while the configuration shrinks.
+fn peer_addresses<S: LogStore>(
+    core: &NodeCore<S>,
+    known: &BTreeMap<Pnn, IpAddr>,
+) -> BTreeMap<Pnn, IpAddr> {
+    let mut addresses = member_addresses(core.state());
+    for pnn in core.voters().iter().chain(core.learners()) {
+        if let (false, Some(address)) = (addresses.contains_key(pnn), known.get(pnn)) {
+            addresses.insert(*pnn, *address);
+        }
+    }
+    addresses
+}
+
+/// The transport's peers (by raft id) for these member addresses, without this node.
+fn transport_peers(
+    addresses: &BTreeMap<Pnn, IpAddr>,
+    me: Pnn,
+    port: u16,
+) -> BTreeMap<u64, SocketAddr> {
+    addresses
+        .iter()
+        .filter(|(pnn, _)| **pnn != me)
+        .map(|(pnn, address)| (u64::from(*pnn) + 1, SocketAddr::new(*address, port)))
+        .collect()
+}
+
+/// Where the cluster file and the replicated membership disagree (pure). After bootstrap the
+/// replicated membership is the authority; these are warnings for the operator.
+pub fn membership_drift(config: &ClusterConfig, state: &ClusterState) -> Vec<String> {
+    let mut drift = Vec::new();
+    if state.members.is_empty() {
+        return drift;
+    }
+    for node in &config.nodes {
+        match state.pnn_of_name(&node.name) {
+            None => drift.push(format!(
+                "the cluster file lists {} ({}), which is not a member: add it with \
+                 `vipgate node add {} {}`, or drop it from the file",
+                node.name, node.cluster_address, node.name, node.cluster_address
+            )),
+            Some(pnn) => {
+                let known = state.members[&pnn].cluster_address;
+                if known != node.cluster_address {
+                    drift.push(format!(
+                        "the cluster file gives {} the address {}, the cluster knows it at \
+                         {known}: run `vipgate node set-address {} {}` or fix the file",
+                        node.name, node.cluster_address, node.name, node.cluster_address
+                    ));
+                }
+            }
+        }
+    }
+    for member in state.members.values() {
+        if config.node_by_name(&member.name).is_none() {
+            drift.push(format!(
+                "{} ({}) is a member but the cluster file does not list it",
+                member.name, member.cluster_address
+            ));
+        }
+    }
+    drift
 }
 
 /// The `Configure` command for a cluster file; its digest identifies the content that matters.
@@ -90,11 +213,15 @@ pub fn configure_command(config: &ClusterConfig) -> Command {
             address: vip.address.addr(),
             prefix_len: vip.address.prefix_len(),
             interface: vip.interface.clone(),
-            eligible: vip
-                .eligible
-                .iter()
-                .filter_map(|id| u32::try_from(id.index()).ok())
-                .collect(),
+            // A list naming every node of the file means "every node", which includes the
+            // nodes added later at runtime.
+            nodes: (vip.eligible.len() < config.nodes.len()).then(|| {
+                vip.eligible
+                    .iter()
+                    .filter_map(|id| config.node(*id))
+                    .map(|node| node.name.clone())
+                    .collect()
+            }),
             weight: vip.weight,
         })
         .collect();
@@ -127,6 +254,11 @@ fn unix_ms() -> u64 {
 /// A control command waiting to see its effect.
 struct Pending {
     done: Done,
+    /// At the deadline: an answer saying how far it got, when that is not a failure.
+    progress: Option<Done>,
+    /// Proposed again every [`COMMAND_RETRY`] until done.
+    command: Command,
+    proposed_at: Instant,
     reply: oneshot::Sender<Response>,
     deadline: Instant,
     started: Instant,
@@ -138,7 +270,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let config = &options.config;
-    let me = pnn_of_node(&options.node);
+    let mut shutdown = std::pin::pin!(shutdown);
     let started = Instant::now();
     let store = DiskLog::open(&options.data_dir).map_err(|error| {
         DaemonError::Setup(format!(
@@ -146,7 +278,53 @@ pub async fn run(
             options.data_dir.display()
         ))
     })?;
-    let voters: Vec<Pnn> = config.nodes.iter().map(pnn_of_node).collect();
+    let identity = store
+        .identity()
+        .map_err(|error| DaemonError::Setup(error.to_string()))?;
+    let plan = identity_plan(
+        identity.as_ref(),
+        store.is_initialized(),
+        options.join,
+        &options.node.name,
+        &config.cluster.name,
+    )
+    .map_err(|error| DaemonError::Setup(format!("{} ({error})", options.data_dir.display())))?;
+    let secret =
+        config.cluster.secret.read().map_err(|error| {
+            DaemonError::Setup(format!("cannot read the cluster secret: {error}"))
+        })?;
+    let listen = SocketAddr::new(options.node.cluster_address, config.cluster.port);
+    let file_voters: Vec<Pnn> = config.nodes.iter().map(pnn_of_node).collect();
+    let (me, bootstrap) = match plan {
+        IdentityPlan::Known(pnn) => (pnn, None),
+        IdentityPlan::FilePosition { bootstrap } => (
+            pnn_of_node(&options.node),
+            bootstrap.then_some(file_voters.as_slice()),
+        ),
+        IdentityPlan::Join => {
+            tracing::info!(
+                node = %options.node.name,
+                address = %listen,
+                "joining: waiting for the cluster to contact this node (run `vipgate node add {} {}` on a member)",
+                options.node.name,
+                options.node.cluster_address
+            );
+            let introduction = tokio::select! {
+                introduction = crate::transport::learn_identity(listen, &secret, &config.cluster.name) => {
+                    introduction.map_err(|error| DaemonError::Setup(format!("cannot wait for the cluster: {error}")))?
+                }
+                () = &mut shutdown => return Ok(()),
+            };
+            let pnn = crate::node::pnn_of(introduction.node).ok_or_else(|| {
+                DaemonError::Setup(format!(
+                    "the cluster gave this node the invalid id {}",
+                    introduction.node
+                ))
+            })?;
+            tracing::info!(pnn, "this node is pnn {pnn} of the cluster");
+            (pnn, None)
+        }
+    };
     let settings = NodeSettings::from_timings(
         me,
         config.timings.heartbeat,
@@ -157,31 +335,64 @@ pub async fn run(
     let ping_interval = Duration::from_millis(settings.ping_interval_ms);
     let mut core = NodeCore::new(
         settings,
-        store,
-        Some(&voters),
+        store.clone(),
+        bootstrap,
         Some(configure_command(config)),
         millis_since(started),
         unix_ms(),
     )?;
+    if identity.is_none() {
+        store
+            .set_identity(&NodeIdentity::new(
+                &config.cluster.name,
+                &options.node.name,
+                me,
+            ))
+            .map_err(|error| DaemonError::Setup(error.to_string()))?;
+    }
+    if core.removed() {
+        return Err(DaemonError::Setup(format!(
+            "{} (pnn {me}) was removed from the cluster; to bring it back, run `vipgate node add {} ADDRESS` \
+             on a member, empty {} and start it with --join",
+            options.node.name,
+            options.node.name,
+            options.data_dir.display()
+        )));
+    }
 
-    let secret =
-        config.cluster.secret.read().map_err(|error| {
-            DaemonError::Setup(format!("cannot read the cluster secret: {error}"))
-        })?;
-    let peers: BTreeMap<u64, SocketAddr> = config
-        .nodes
-        .iter()
-        .filter(|node| node.name != options.node.name)
-        .map(|node| {
-            (
-                u64::from(pnn_of_node(node)) + 1,
-                SocketAddr::new(node.cluster_address, config.cluster.port),
-            )
-        })
-        .collect();
+    // The peers: the replicated members once known; before that the file (a new cluster) or,
+    // for a joining node, every lower id (they dial it; their addresses come with the state).
+    let mut known_addresses = member_addresses(core.state());
+    let peers: BTreeMap<u64, SocketAddr> = if !known_addresses.is_empty() {
+        transport_peers(&known_addresses, me, config.cluster.port)
+    } else if bootstrap.is_some() || matches!(plan, IdentityPlan::FilePosition { .. }) {
+        config
+            .nodes
+            .iter()
+            .filter(|node| node.name != options.node.name)
+            .map(|node| {
+                (
+                    u64::from(pnn_of_node(node)) + 1,
+                    SocketAddr::new(node.cluster_address, config.cluster.port),
+                )
+            })
+            .collect()
+    } else {
+        (1..u64::from(me) + 1)
+            .map(|id| {
+                (
+                    id,
+                    SocketAddr::new(IpAddr::from([0, 0, 0, 0]), config.cluster.port),
+                )
+            })
+            .collect()
+    };
+    for warning in membership_drift(config, core.state()) {
+        tracing::warn!("{warning}");
+    }
     let (transport, mut peer_events) = Transport::start(TransportConfig {
         node: u64::from(me) + 1,
-        listen: SocketAddr::new(options.node.cluster_address, config.cluster.port),
+        listen,
         peers,
         secret,
         cluster_name: config.cluster.name.clone(),
@@ -190,6 +401,7 @@ pub async fn run(
     })
     .await
     .map_err(|error| DaemonError::Setup(format!("cannot start the peer transport: {error}")))?;
+    let mut listening_on = listen;
 
     let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(
         VolumeProbe::new(config.volume.path.clone(), &options.node.name).map_err(|error| {
@@ -242,8 +454,8 @@ pub async fn run(
     let mut pending: Vec<Pending> = Vec::new();
     let mut interval = tokio::time::interval(LOOP_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = std::pin::pin!(shutdown);
     let mut stopping: Option<Instant> = None;
+    let mut removed_since: Option<Instant> = None;
     let mut last_scan = Instant::now();
     // The applied index last published: the state changes only when it moves.
     let mut published_at = u64::MAX;
@@ -289,7 +501,7 @@ pub async fn run(
         for (to, payload) in core.take_outbox() {
             transport.send(to, payload);
         }
-        answer_pending(&core, &mut pending);
+        answer_pending(&mut core, &mut pending);
         if let Some(published) = &options.published {
             let applied = core.raft_progress().2;
             if applied != published_at {
@@ -300,6 +512,20 @@ pub async fn run(
         if last_scan.elapsed() >= CONNECTION_SCAN {
             last_scan = Instant::now();
             report_connections(&mut core);
+        }
+        let addresses = peer_addresses(&core, &known_addresses);
+        if !addresses.is_empty() && addresses != known_addresses {
+            follow_membership(config, &core, &transport, &addresses, &mut listening_on).await;
+            known_addresses = addresses;
+        }
+        if core.removed() {
+            let since = *removed_since.get_or_insert_with(|| {
+                tracing::warn!("this node was removed from the cluster; it stops");
+                Instant::now()
+            });
+            if !core.in_raft_configuration() || since.elapsed() >= REMOVED_LINGER {
+                break;
+            }
         }
         if let Some(since) = stopping {
             let holds_nothing = core.state().held_by(me).next().is_none()
@@ -325,6 +551,35 @@ pub async fn run(
     transport.shutdown().await;
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// Follows a change of the members' addresses: the transport's peers, this node's own listener,
+/// and warnings where the cluster file disagrees.
+async fn follow_membership<S: LogStore>(
+    config: &ClusterConfig,
+    core: &NodeCore<S>,
+    transport: &Transport,
+    addresses: &BTreeMap<Pnn, IpAddr>,
+    listening_on: &mut SocketAddr,
+) {
+    let me = core.pnn();
+    transport.set_peers(transport_peers(addresses, me, config.cluster.port));
+    if let Some(mine) = addresses.get(&me) {
+        if *mine != listening_on.ip() {
+            let wanted = SocketAddr::new(*mine, config.cluster.port);
+            match transport.rebind(wanted).await {
+                Ok(_) => *listening_on = wanted,
+                Err(error) => tracing::error!(
+                    %error,
+                    "the cluster moved this node to {mine}, but it cannot listen there; \
+                     configure the address here, or restart the node"
+                ),
+            }
+        }
+    }
+    for warning in membership_drift(config, core.state()) {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// The kernel side: which VIPs are configured here, kept equal to what the core holds.
@@ -609,6 +864,7 @@ fn handle_request<S: LogStore>(
             None => Ok(me),
         }
     };
+    let mut progress: Option<Done> = None;
     let result: Result<(Option<Command>, Done), String> = match &request {
         Request::Status => return answer(reply, Response::Status(status(core))),
         Request::Ip { all } => return answer(reply, Response::Ips(ips(core, *all))),
@@ -670,9 +926,14 @@ fn handle_request<S: LogStore>(
                 done,
             )
         }),
-        Request::NodeAdd { .. } | Request::NodeRemove { .. } | Request::NodeSetAddress { .. } => {
-            Err("membership changes are not available yet in this version".to_owned())
+        Request::NodeAdd { name, address } => node_add(core.state(), name, *address),
+        Request::NodeRemove { name } => {
+            node_remove(core.state(), me, name).map(|(command, done, leaving)| {
+                progress = Some(leaving);
+                (command, done)
+            })
         }
+        Request::NodeSetAddress { name, address } => node_set_address(core.state(), name, *address),
     };
     match result {
         Err(message) => answer(reply, Response::error(message)),
@@ -683,17 +944,154 @@ fn handle_request<S: LogStore>(
             let Some(command) = command else {
                 return answer(reply, Response::error("nothing to do"));
             };
-            match core.propose_command(command) {
-                Err(message) => answer(reply, Response::error(message)),
-                Ok(()) => pending.push(Pending {
-                    done,
-                    reply,
-                    deadline: Instant::now() + COMMAND_DEADLINE,
-                    started: Instant::now(),
-                }),
+            // A proposal made without a leader is dropped; it is retried until the deadline.
+            if let Err(message) = core.propose_command(command.clone()) {
+                tracing::debug!(message, "command not proposed yet; retrying");
             }
+            pending.push(Pending {
+                done,
+                progress,
+                command,
+                proposed_at: Instant::now(),
+                reply,
+                deadline: Instant::now() + COMMAND_DEADLINE,
+                started: Instant::now(),
+            });
         }
     }
+}
+
+/// `vipgate node add NAME ADDRESS`: checks, the command, and when it is done.
+fn node_add(
+    state: &ClusterState,
+    name: &str,
+    address: IpAddr,
+) -> Result<(Option<Command>, Done), String> {
+    crate::state::check_name(name)?;
+    if let Some(pnn) = state.pnn_of_name(name) {
+        return Err(format!("there is already a node {name:?} (pnn {pnn})"));
+    }
+    if let Some(member) = state
+        .members
+        .values()
+        .find(|member| member.cluster_address == address)
+    {
+        return Err(format!(
+            "{address} is already the cluster address of {}",
+            member.name
+        ));
+    }
+    check_cluster_address(address)?;
+    let name = name.to_owned();
+    let command = Command::AddMember {
+        name: name.clone(),
+        cluster_address: address,
+    };
+    let done: Done = Box::new(move |state| {
+        let pnn = state.pnn_of_name(&name)?;
+        Some(format!(
+            "{name} is pnn {pnn} at {address}; start it with `vipgate node --join` and a cluster \
+             file that lists it"
+        ))
+    });
+    Ok((Some(command), done))
+}
+
+/// Refuses what can never be a node's cluster address (as the cluster file does).
+fn check_cluster_address(address: IpAddr) -> Result<(), String> {
+    let link_local_v6 = matches!(address, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    let mapped = matches!(address, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    if address.is_loopback()
+        || address.is_unspecified()
+        || address.is_multicast()
+        || link_local_v6
+        || mapped
+    {
+        return Err(format!(
+            "{address} cannot be a cluster address (loopback, unspecified, multicast, \
+             IPv4-mapped and IPv6 link-local addresses are refused)"
+        ));
+    }
+    Ok(())
+}
+
+/// `vipgate node remove NAME`: checks, the command, when it is done, and what to say if its
+/// addresses are still moving at the deadline.
+fn node_remove(
+    state: &ClusterState,
+    me: Pnn,
+    name: &str,
+) -> Result<(Option<Command>, Done, Done), String> {
+    let pnn = resolve_node(state, name)?;
+    let name = node_name(state, pnn);
+    if pnn == me {
+        return Err(format!(
+            "{name} is the node answering this command; run `vipgate node remove {name}` on another node"
+        ));
+    }
+    let member = &state.members[&pnn];
+    let others = state
+        .members
+        .iter()
+        .filter(|(other, member)| **other != pnn && !member.leaving)
+        .count();
+    if others == 0 {
+        return Err(format!(
+            "{name} is the last member; a cluster cannot remove its last node"
+        ));
+    }
+    let command = (!member.leaving).then_some(Command::RemoveMember { node: pnn });
+    let gone_name = name.clone();
+    let done: Done = Box::new(move |state| {
+        (!state.members.contains_key(&pnn)).then(|| format!("{gone_name} (pnn {pnn}) was removed"))
+    });
+    let leaving: Done =
+        Box::new(move |state| {
+            state.members.get(&pnn).filter(|member| member.leaving).map(|_| {
+            format!(
+                "{name} is leaving: its addresses are still moving (it holds some until its \
+                 lease ends if it is down); `vipgate status` shows when it is gone"
+            )
+        })
+        });
+    // Already leaving: wait for it like a fresh removal.
+    let command = command.or(Some(Command::RemoveMember { node: pnn }));
+    Ok((command, done, leaving))
+}
+
+/// `vipgate node set-address NAME ADDRESS`.
+fn node_set_address(
+    state: &ClusterState,
+    name: &str,
+    address: IpAddr,
+) -> Result<(Option<Command>, Done), String> {
+    let pnn = resolve_node(state, name)?;
+    let name = node_name(state, pnn);
+    if let Some(other) = state
+        .members
+        .iter()
+        .find(|(other, member)| **other != pnn && member.cluster_address == address)
+        .map(|(_, member)| member.name.clone())
+    {
+        return Err(format!(
+            "{address} is already the cluster address of {other}"
+        ));
+    }
+    check_cluster_address(address)?;
+    let done: Done = Box::new(move |state| {
+        state
+            .members
+            .get(&pnn)
+            .filter(|member| member.cluster_address == address)
+            .map(|_| format!("{name} is at {address}"))
+    });
+    Ok((
+        Some(Command::SetAddress {
+            node: pnn,
+            cluster_address: address,
+        }),
+        done,
+    ))
 }
 
 type Done = Box<dyn Fn(&ClusterState) -> Option<String> + Send>;
@@ -740,29 +1138,48 @@ fn move_ip<S: LogStore>(
             }),
             done,
         )),
+        // Nobody holds it (its last owner released it or its lease was revoked), so it can go
+        // straight to the named node.
+        (None, VipPhase::Unassigned) => Ok((
+            Some(Command::Assign {
+                vip: address,
+                epoch: vip.epoch,
+                to,
+            }),
+            done,
+        )),
         _ => Err(format!(
             "{address} is moving already; try again in a moment"
         )),
     }
 }
 
-fn answer_pending<S: LogStore>(core: &NodeCore<S>, pending: &mut Vec<Pending>) {
+fn answer_pending<S: LogStore>(core: &mut NodeCore<S>, pending: &mut Vec<Pending>) {
     let now = Instant::now();
     let mut index = 0;
     while index < pending.len() {
         let outcome = (pending[index].done)(core.state());
         if outcome.is_none() && now < pending[index].deadline {
+            if now.duration_since(pending[index].proposed_at) >= COMMAND_RETRY {
+                pending[index].proposed_at = now;
+                let _ = core.propose_command(pending[index].command.clone());
+            }
             index += 1;
             continue;
         }
         let request = pending.swap_remove(index);
-        let response = match outcome {
-            Some(message) => Response::Done {
+        let progress = request
+            .progress
+            .as_ref()
+            .and_then(|progress| progress(core.state()));
+        let response = match (outcome, progress) {
+            (Some(message), _) => Response::Done {
                 message: format!("{message} ({} ms)", duration_ms(request.started.elapsed())),
             },
-            None => Response::error(format!(
-                "the cluster did not carry the command out within {}s (is there a leader?)",
-                COMMAND_DEADLINE.as_secs()
+            (None, Some(message)) => Response::Done { message },
+            (None, None) => Response::error(format!(
+                "the cluster did not carry the command out within {:.1}s (is there a leader?)",
+                COMMAND_DEADLINE.as_secs_f64()
             )),
         };
         let _ = request.reply.send(response);
@@ -838,5 +1255,187 @@ fn ips<S: LogStore>(core: &NodeCore<S>, all: bool) -> IpReport {
                     .map_or(0, |known| known.len() as u64),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn identity_comes_from_the_data_directory_then_the_file_and_join_waits() {
+        let known = NodeIdentity::new("gw1", "node4", 7);
+        /// identity, log initialized, --join, name, expected plan or error.
+        type Row<'a> = (
+            Option<&'a NodeIdentity>,
+            bool,
+            bool,
+            &'a str,
+            Result<IdentityPlan, &'a str>,
+        );
+        let table: [Row<'_>; 7] = [
+            (
+                Some(&known),
+                true,
+                false,
+                "node4",
+                Ok(IdentityPlan::Known(7)),
+            ),
+            // A joining node that stopped before its snapshot arrived keeps its number.
+            (
+                Some(&known),
+                false,
+                true,
+                "node4",
+                Ok(IdentityPlan::Known(7)),
+            ),
+            (
+                Some(&known),
+                true,
+                false,
+                "node3",
+                Err("belongs to node \"node4\""),
+            ),
+            (
+                None,
+                true,
+                false,
+                "node1",
+                Ok(IdentityPlan::FilePosition { bootstrap: false }),
+            ),
+            (
+                None,
+                true,
+                true,
+                "node1",
+                Ok(IdentityPlan::FilePosition { bootstrap: false }),
+            ),
+            (
+                None,
+                false,
+                false,
+                "node1",
+                Ok(IdentityPlan::FilePosition { bootstrap: true }),
+            ),
+            (None, false, true, "node5", Ok(IdentityPlan::Join)),
+        ];
+        for (identity, initialized, join, name, expected) in table {
+            let got = identity_plan(identity, initialized, join, name, "gw1");
+            match (&got, expected) {
+                (Ok(plan), Ok(expected)) => assert_eq!(*plan, expected),
+                (Err(message), Err(expected)) => assert!(message.contains(expected), "{message}"),
+                _ => panic!("{identity:?} {initialized} {join} {name}: {got:?}"),
+            }
+        }
+        assert!(
+            identity_plan(Some(&known), true, false, "node4", "other")
+                .unwrap_err()
+                .contains("cluster \"gw1\"")
+        );
+    }
+
+    fn example() -> (ClusterConfig, ClusterState) {
+        let text = include_str!("../../deploy/examples/cluster.yaml");
+        let config = cluster_config::parse(text, "cluster.yaml").unwrap();
+        let mut state = ClusterState::default();
+        state.apply(&configure_command(&config));
+        (config, state)
+    }
+
+    #[test]
+    fn the_file_seeds_members_and_node_lists_by_name() {
+        let (config, state) = example();
+        assert_eq!(state.members.len(), 3);
+        assert!(membership_drift(&config, &state).is_empty());
+        // `nodes: [node1, node2, node3]` names every node: it means every member, now and
+        // later; `[node2, node3]` stays a list.
+        assert_eq!(state.vips[&ip("192.0.2.101")].nodes, None);
+        assert_eq!(
+            state.vips[&ip("192.0.2.103")].nodes,
+            Some(["node2".to_owned(), "node3".to_owned()].into())
+        );
+    }
+
+    #[test]
+    fn drift_between_the_file_and_the_cluster_is_named() {
+        let (mut config, mut state) = example();
+        state.apply(&Command::AddMember {
+            name: "node4".into(),
+            cluster_address: ip("198.51.100.14"),
+        });
+        state.apply(&Command::SetAddress {
+            node: 1,
+            cluster_address: ip("198.51.100.22"),
+        });
+        config.nodes.remove(0);
+        let drift = membership_drift(&config, &state);
+        assert_eq!(drift.len(), 3, "{drift:?}");
+        assert!(
+            drift[0].contains("node set-address node2 198.51.100.12"),
+            "{drift:?}"
+        );
+        assert!(
+            drift
+                .iter()
+                .any(|line| line.starts_with("node1 (198.51.100.11) is a member"))
+        );
+        assert!(
+            drift
+                .iter()
+                .any(|line| line.starts_with("node4 (198.51.100.14) is a member"))
+        );
+    }
+
+    #[test]
+    fn membership_requests_are_checked_before_they_are_proposed() {
+        let (_, mut state) = example();
+        let add = |state: &ClusterState, name: &str, address: &str| {
+            node_add(state, name, ip(address)).map(|(command, _)| command)
+        };
+        let error = |result: Result<Option<Command>, String>| result.unwrap_err();
+        assert!(error(add(&state, "node2", "198.51.100.50")).contains("already a node"));
+        assert!(error(add(&state, "node4", "198.51.100.12")).contains("cluster address of node2"));
+        assert!(error(add(&state, "Node4", "198.51.100.50")).contains("not a valid node name"));
+        assert!(error(add(&state, "node4", "127.0.0.1")).contains("cannot be a cluster address"));
+        assert!(error(add(&state, "node4", "fe80::1")).contains("cannot be a cluster address"));
+        let (command, done) = node_add(&state, "node4", ip("198.51.100.14")).unwrap();
+        assert!(done(&state).is_none());
+        state.apply(&command.unwrap());
+        assert!(
+            done(&state)
+                .unwrap()
+                .starts_with("node4 is pnn 3 at 198.51.100.14")
+        );
+
+        let remove_error =
+            |state: &ClusterState, me: Pnn, name: &str| match node_remove(state, me, name) {
+                Ok(_) => panic!("removing {name} was accepted"),
+                Err(message) => message,
+            };
+        assert!(remove_error(&state, 0, "node1").contains("on another node"));
+        assert!(remove_error(&state, 0, "node9").contains("no node \"node9\""));
+        let (command, done, leaving) = node_remove(&state, 0, "2").unwrap();
+        state.apply(&command.unwrap());
+        assert!(done(&state).is_none());
+        assert!(leaving(&state).unwrap().starts_with("node3 is leaving"));
+        state.apply(&Command::ForgetMember { node: 2 });
+        assert_eq!(done(&state).unwrap(), "node3 (pnn 2) was removed");
+        for node in [1, 3] {
+            state.apply(&Command::RemoveMember { node });
+        }
+        assert!(remove_error(&state, 1, "node1").contains("last member"));
+
+        let set = |state: &ClusterState, name: &str, address: &str| {
+            node_set_address(state, name, ip(address)).map(|(command, _)| command)
+        };
+        assert!(error(set(&state, "node1", "198.51.100.14")).contains("cluster address of node4"));
+        assert!(error(set(&state, "node7", "198.51.100.60")).contains("no node"));
+        let (command, done) = node_set_address(&state, "node1", ip("198.51.100.60")).unwrap();
+        state.apply(&command.unwrap());
+        assert_eq!(done(&state).unwrap(), "node1 is at 198.51.100.60");
     }
 }

@@ -89,7 +89,8 @@ fn node_state(
     Some(NodeState {
         healthy: member.healthy,
         connected: !member.fenced && observed.connected(node, settings),
-        disabled: member.disabled,
+        // A leaving member hosts nothing, like a disabled one.
+        disabled: member.disabled || member.leaving,
         banned: member.banned_at(observed.now_unix_ms),
         available_since_ms: observed.available_since_ms.get(&node).copied().unwrap_or(0),
     })
@@ -110,6 +111,10 @@ pub fn decide(
             continue;
         }
         let connected = observed.connected(pnn, settings);
+        // Fencing exists to revoke what a silent node holds; a silent node that owns nothing
+        // is left unfenced, so a member that was added but is not started yet is not held
+        // down as a returning node when it finally comes up.
+        let owns_something = state.vips.values().any(|vip| vip.owner == Some(pnn));
         let stuck_release = state.vips.iter().any(|(address, vip)| {
             vip.owner == Some(pnn)
                 && vip.phase == VipPhase::Releasing
@@ -118,7 +123,7 @@ pub fn decide(
                     .get(&(*address, vip.epoch))
                     .is_some_and(|since| now.saturating_sub(*since) >= settings.release_timeout_ms)
         });
-        if !member.fenced && (!connected || stuck_release) {
+        if !member.fenced && ((!connected && owns_something) || stuck_release) {
             commands.push(Command::Fence {
                 node: pnn,
                 generation: member.generation,
@@ -245,6 +250,62 @@ pub fn decide(
     commands
 }
 
+/// One step toward the Raft configuration the replicated membership asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipStep {
+    /// A leaving member that owns no VIP is deleted from the state (while it is still a Raft
+    /// peer, so that it most likely hears of it).
+    Forget(Pnn),
+    /// A Raft peer that is no longer a member leaves the Raft configuration.
+    RemovePeer(Pnn),
+    /// A new member joins Raft as a learner: it catches up (by snapshot) without counting in
+    /// any quorum, so a member added but not started yet costs the cluster no fault tolerance.
+    AddLearner(Pnn),
+    /// A learner that has caught up becomes a voter.
+    Promote(Pnn),
+}
+
+/// The next membership step the leader should take, if any: one at a time, removals first.
+/// `voters` and `learners` are the applied Raft configuration; `caught_up` the learners whose
+/// log matches the leader's.
+pub fn membership_step(
+    state: &ClusterState,
+    voters: &BTreeSet<Pnn>,
+    learners: &BTreeSet<Pnn>,
+    caught_up: &BTreeSet<Pnn>,
+) -> Option<MembershipStep> {
+    let owns_something = |pnn: Pnn| state.vips.values().any(|vip| vip.owner == Some(pnn));
+    if let Some((&pnn, _)) = state
+        .members
+        .iter()
+        .find(|(pnn, member)| member.leaving && !owns_something(**pnn))
+    {
+        return Some(MembershipStep::Forget(pnn));
+    }
+    let peers = voters.iter().chain(learners.iter()).copied();
+    for pnn in peers {
+        // Before the first configuration is applied there are no members at all; and the last
+        // voter never leaves, whatever the state says.
+        let removed = state.was_removed(pnn);
+        let last_voter = voters.len() == 1 && voters.contains(&pnn);
+        if removed && !last_voter {
+            return Some(MembershipStep::RemovePeer(pnn));
+        }
+    }
+    for (&pnn, member) in &state.members {
+        if member.leaving {
+            continue;
+        }
+        if !voters.contains(&pnn) && !learners.contains(&pnn) {
+            return Some(MembershipStep::AddLearner(pnn));
+        }
+        if learners.contains(&pnn) && caught_up.contains(&pnn) {
+            return Some(MembershipStep::Promote(pnn));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,7 +337,7 @@ mod tests {
                 address: ip(101 + index),
                 prefix_len: 24,
                 interface: None,
-                eligible: [0, 1, 2].into(),
+                nodes: None,
                 weight: 1,
             })
             .collect();
@@ -311,6 +372,107 @@ mod tests {
         for command in commands {
             state.apply(command);
         }
+    }
+
+    #[test]
+    fn membership_steps_add_as_learner_promote_when_caught_up_and_remove_after_forgetting() {
+        use MembershipStep::*;
+        let mut state = cluster(1);
+        let none = BTreeSet::new();
+        let voters: BTreeSet<Pnn> = [0, 1, 2].into();
+        assert_eq!(membership_step(&state, &voters, &none, &none), None);
+        // Before the first configuration: nothing to reconcile (members are still empty).
+        assert_eq!(
+            membership_step(&ClusterState::default(), &voters, &none, &none),
+            None
+        );
+        state.apply(&Command::AddMember {
+            name: "node4".into(),
+            cluster_address: IpAddr::from([198, 51, 100, 14]),
+        });
+        assert_eq!(
+            membership_step(&state, &voters, &none, &none),
+            Some(AddLearner(3))
+        );
+        let learners: BTreeSet<Pnn> = [3].into();
+        assert_eq!(membership_step(&state, &voters, &learners, &none), None);
+        assert_eq!(
+            membership_step(&state, &voters, &learners, &[3].into()),
+            Some(Promote(3))
+        );
+        let voters: BTreeSet<Pnn> = [0, 1, 2, 3].into();
+        // Removing node 2 while it owns a VIP: nothing until it owns nothing.
+        state.apply(&Command::Assign {
+            vip: ip(101),
+            epoch: 0,
+            to: 2,
+        });
+        state.apply(&Command::RemoveMember { node: 2 });
+        assert_eq!(membership_step(&state, &voters, &none, &none), None);
+        state.apply(&Command::Release {
+            vip: ip(101),
+            epoch: 1,
+            to: None,
+        });
+        assert_eq!(membership_step(&state, &voters, &none, &none), None);
+        state.apply(&Command::Released {
+            vip: ip(101),
+            epoch: 2,
+            by: 2,
+        });
+        assert_eq!(
+            membership_step(&state, &voters, &none, &none),
+            Some(Forget(2))
+        );
+        state.apply(&Command::ForgetMember { node: 2 });
+        assert_eq!(
+            membership_step(&state, &voters, &none, &none),
+            Some(RemovePeer(2))
+        );
+        assert_eq!(
+            membership_step(&state, &[0, 1, 3].into(), &none, &none),
+            None
+        );
+        // The last voter stays in Raft even if the state no longer lists it.
+        let mut alone = cluster(0);
+        alone.apply(&Command::RemoveMember { node: 1 });
+        alone.apply(&Command::RemoveMember { node: 2 });
+        alone.apply(&Command::ForgetMember { node: 1 });
+        alone.apply(&Command::ForgetMember { node: 2 });
+        assert_eq!(
+            membership_step(&alone, &[1].into(), &none, &none),
+            Some(AddLearner(0))
+        );
+    }
+
+    #[test]
+    fn a_silent_node_that_owns_nothing_is_not_fenced_and_a_leaving_one_hosts_nothing() {
+        let mut state = cluster(3);
+        let mut seen = observed(21_000);
+        seen.last_heard_ms.insert(2, 20_000);
+        let commands = decide(&state, &seen, &SETTINGS);
+        assert!(
+            !commands.iter().any(|c| matches!(c, Command::Fence { .. })),
+            "{commands:?}"
+        );
+        assert!(
+            commands
+                .iter()
+                .all(|c| matches!(c, Command::Assign { to, .. } if *to != 2)),
+            "{commands:?}"
+        );
+        let initial = decide(&state, &observed(20_000), &SETTINGS);
+        apply_all(&mut state, &initial);
+        let held: Vec<IpAddr> = state.held_by(1).map(|(a, _)| *a).collect();
+        state.apply(&Command::RemoveMember { node: 1 });
+        let release = decide(&state, &observed(20_100), &SETTINGS);
+        assert_eq!(release.len(), held.len(), "{release:?}");
+        assert!(
+            release
+                .iter()
+                .all(|c| matches!(c, Command::Release { vip, .. } if held.contains(vip))),
+            "{release:?}"
+        );
     }
 
     #[test]

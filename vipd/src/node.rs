@@ -15,6 +15,12 @@
 //!    [`NodeCore::kernel_has`], which lets the core confirm releases.
 //!
 //! Raft ids are PNN + 1 (raft reserves 0).
+//!
+//! Membership: on the leader, [`crate::leader::membership_step`] turns the replicated members
+//! into Raft configuration changes, one at a time — a new member joins as a learner, is
+//! promoted once caught up, and a forgotten member's peer is removed; a leader that must leave
+//! hands leadership over first. Every node compacts its log right after applying a
+//! configuration change, so a newcomer is always sent a snapshot whose configuration names it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -23,12 +29,14 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message};
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message,
+};
 use raft::{RawNode, StateRole};
 use serde::{Deserialize, Serialize};
 
 use crate::apply::HeldVip;
-use crate::leader::{self, LeaderSettings, Observations};
+use crate::leader::{self, LeaderSettings, MembershipStep, Observations};
 use crate::lease::{
     AckBook, FenceReport, FenceTracker, LeaseSettings, OwnerLease, Pnn, duration_ms,
 };
@@ -121,6 +129,9 @@ enum LeaseMessage {
     },
 }
 
+/// A learner whose log is within this many entries of the leader's commit index is caught up.
+const CATCH_UP_SLACK: u64 = 16;
+
 const TAG_RAFT: u8 = 1;
 const TAG_LEASE: u8 = 2;
 
@@ -141,6 +152,11 @@ pub struct NodeCore<S: LogStore> {
     state: ClusterState,
     conf_state: ConfState,
     voters: BTreeSet<Pnn>,
+    learners: BTreeSet<Pnn>,
+    /// The membership step last proposed, and when.
+    membership_proposed: Option<(MembershipStep, u64)>,
+    /// A configuration change was applied: compact at the end of this `Ready`.
+    compact_now: bool,
     snapshot_index: u64,
     applied: u64,
     next_tick_ms: u64,
@@ -219,7 +235,11 @@ impl<S: LogStore> NodeCore<S> {
         let mut lease = OwnerLease::new(settings.pnn, settings.lease.lease);
         lease.reset(generation);
         let voters = voters_of(&conf_state);
+        let learners = learners_of(&conf_state);
         Ok(NodeCore {
+            learners,
+            membership_proposed: None,
+            compact_now: false,
             acks: AckBook::new(now_ms, &settings.lease),
             lease,
             raw,
@@ -260,6 +280,21 @@ impl<S: LogStore> NodeCore<S> {
     /// The voters of the applied configuration.
     pub fn voters(&self) -> &BTreeSet<Pnn> {
         &self.voters
+    }
+
+    /// The learners of the applied configuration (members catching up before they vote).
+    pub fn learners(&self) -> &BTreeSet<Pnn> {
+        &self.learners
+    }
+
+    /// Whether the applied state says this node was removed from the cluster.
+    pub fn removed(&self) -> bool {
+        self.state.was_removed(self.settings.pnn)
+    }
+
+    /// Whether this node is in the applied Raft configuration (as voter or learner).
+    pub fn in_raft_configuration(&self) -> bool {
+        self.voters.contains(&self.settings.pnn) || self.learners.contains(&self.settings.pnn)
     }
 
     /// The leader this node knows of.
@@ -393,6 +428,7 @@ impl<S: LogStore> NodeCore<S> {
                 ClusterState::from_snapshot(snapshot.get_data()).map_err(NodeError::State)?;
             self.conf_state = snapshot.get_metadata().get_conf_state().clone();
             self.voters = voters_of(&self.conf_state);
+            self.learners = learners_of(&self.conf_state);
             self.snapshot_index = snapshot.get_metadata().index;
             self.applied = self.snapshot_index;
         }
@@ -405,7 +441,13 @@ impl<S: LogStore> NodeCore<S> {
         self.send_raft(light.take_messages());
         self.apply_entries(light.take_committed_entries())?;
         self.raw.advance_apply();
-        if self.applied >= self.snapshot_index + self.settings.compact_every {
+        // After a configuration change the log is compacted at once: a node that joins must
+        // start from a snapshot whose configuration names it (raft-rs refuses any other), and
+        // entries from index 1 would lack the bootstrap configuration, which only snapshots
+        // carry.
+        let compact_now =
+            std::mem::take(&mut self.compact_now) && self.applied > self.snapshot_index;
+        if compact_now || self.applied >= self.snapshot_index + self.settings.compact_every {
             self.store
                 .compact(self.applied, &self.conf_state, self.state.to_snapshot())?;
             self.snapshot_index = self.applied;
@@ -677,6 +719,85 @@ impl<S: LogStore> NodeCore<S> {
         for command in commands {
             self.propose(command);
         }
+        self.reconcile_membership();
+    }
+
+    /// Takes the next step from the replicated membership toward the Raft configuration.
+    fn reconcile_membership(&mut self) {
+        if self.raw.raft.has_pending_conf() {
+            return;
+        }
+        let committed = self.raw.raft.raft_log.committed;
+        let caught_up: BTreeSet<Pnn> = self
+            .learners
+            .iter()
+            .copied()
+            .filter(|pnn| {
+                self.raw
+                    .raft
+                    .prs()
+                    .get(raft_id(*pnn))
+                    .is_some_and(|progress| {
+                        progress.recent_active && progress.matched + CATCH_UP_SLACK >= committed
+                    })
+            })
+            .collect();
+        let Some(step) =
+            leader::membership_step(&self.state, &self.voters, &self.learners, &caught_up)
+        else {
+            return;
+        };
+        if let Some((last, at)) = self.membership_proposed {
+            if last == step && self.now_ms.saturating_sub(at) < self.settings.propose_retry_ms {
+                return;
+            }
+        }
+        self.membership_proposed = Some((step, self.now_ms));
+        let change = |change_type: ConfChangeType, pnn: Pnn| ConfChange {
+            change_type,
+            node_id: raft_id(pnn),
+            ..ConfChange::default()
+        };
+        let result = match step {
+            MembershipStep::Forget(node) => {
+                self.propose(Command::ForgetMember { node });
+                return;
+            }
+            MembershipStep::RemovePeer(pnn) if pnn == self.settings.pnn => {
+                // raft-rs keeps a removed leader leading; hand over first, and the next leader
+                // removes this node.
+                let successor = self
+                    .voters
+                    .iter()
+                    .copied()
+                    .filter(|voter| *voter != pnn)
+                    .max_by_key(|voter| {
+                        self.raw
+                            .raft
+                            .prs()
+                            .get(raft_id(*voter))
+                            .map_or(0, |progress| progress.matched)
+                    });
+                if let Some(successor) = successor {
+                    tracing::info!(successor, "this node is leaving: handing leadership over");
+                    self.raw.transfer_leader(raft_id(successor));
+                }
+                return;
+            }
+            MembershipStep::RemovePeer(pnn) => self
+                .raw
+                .propose_conf_change(Vec::new(), change(ConfChangeType::RemoveNode, pnn)),
+            MembershipStep::AddLearner(pnn) => self
+                .raw
+                .propose_conf_change(Vec::new(), change(ConfChangeType::AddLearnerNode, pnn)),
+            MembershipStep::Promote(pnn) => self
+                .raw
+                .propose_conf_change(Vec::new(), change(ConfChangeType::AddNode, pnn)),
+        };
+        match result {
+            Ok(()) => tracing::info!(?step, "proposed a raft configuration change"),
+            Err(error) => tracing::debug!(?step, %error, "configuration change not proposed"),
+        }
     }
 
     /// Proposes `command` unless the same was proposed moments ago.
@@ -730,8 +851,15 @@ impl<S: LogStore> NodeCore<S> {
 
     fn conf_state_changed(&mut self, conf_state: ConfState) -> Result<(), NodeError> {
         self.store.set_conf_state(&conf_state)?;
+        tracing::info!(
+            voters = ?voters_of(&conf_state),
+            learners = ?learners_of(&conf_state),
+            "raft configuration changed"
+        );
         self.voters = voters_of(&conf_state);
+        self.learners = learners_of(&conf_state);
         self.conf_state = conf_state;
+        self.compact_now = true;
         Ok(())
     }
 
@@ -760,6 +888,14 @@ impl<S: LogStore> NodeCore<S> {
 fn voters_of(conf_state: &ConfState) -> BTreeSet<Pnn> {
     conf_state
         .voters
+        .iter()
+        .filter_map(|id| pnn_of(*id))
+        .collect()
+}
+
+fn learners_of(conf_state: &ConfState) -> BTreeSet<Pnn> {
+    conf_state
+        .learners
         .iter()
         .filter_map(|id| pnn_of(*id))
         .collect()

@@ -17,6 +17,18 @@
 //! `Release`/`Released` is the planned path: the owner removes the address and says so. `Revoke`
 //! is for an owner that cannot say so: the leader proposes it only after the fenced owner's
 //! lease has surely ended ([`crate::lease`]).
+//!
+//! # Membership
+//!
+//! Once bootstrapped, this state is the authority on who the members are; the cluster file only
+//! seeds it. The first `Configure` creates the members (PNN = position in the bootstrapping
+//! file) and later ones leave them alone. After that a member comes only from `AddMember` (the
+//! next PNN, never reused), changes address only by `SetAddress`, and goes in two steps:
+//! `RemoveMember` marks it *leaving* (it hosts nothing from then on, so the leader moves its
+//! VIPs away by the planned path, or fences and revokes them if it is silent), and
+//! `ForgetMember` deletes it, accepted only once no VIP names it as owner in any phase — so a
+//! member never disappears while it might still have an address configured. VIP node lists are
+//! kept by *name* and resolved to PNNs here, so reordering the file renumbers nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -30,8 +42,12 @@ use crate::tickle::Connection;
 /// timeout instead of by tickle.
 pub const MAX_CONNECTIONS_PER_VIP: usize = 4096;
 
-/// The version of the serialized state (snapshots) and commands.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the serialized state (snapshots) and commands. Version 2: VIP node lists by
+/// name, membership commands.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The longest node name (as in the cluster file).
+pub const MAX_NAME_LEN: usize = 32;
 
 /// One member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,11 +66,15 @@ pub struct Member {
     pub healthy: bool,
     /// The probes that fail, with their reasons, as the node reported them.
     pub failing: Vec<String>,
+    /// `vipgate node remove`: hosts nothing; forgotten once it owns no VIP.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 impl Member {
     fn new(name: String, cluster_address: IpAddr) -> Member {
         Member {
+            leaving: false,
             name,
             cluster_address,
             generation: 0,
@@ -87,8 +107,11 @@ pub struct Vip {
     pub prefix_len: u8,
     /// The interface the config names, if any (otherwise the owner's first public interface).
     pub interface: Option<String>,
-    /// The nodes that may hold it.
+    /// The members that may hold it, resolved from `nodes` whenever members change.
     pub eligible: BTreeSet<Pnn>,
+    /// The names the configuration lists; `None`: every member, present and future.
+    #[serde(default)]
+    pub nodes: Option<BTreeSet<String>>,
     pub weight: u32,
     pub owner: Option<Pnn>,
     pub phase: VipPhase,
@@ -109,11 +132,12 @@ pub struct VipConfig {
     pub address: IpAddr,
     pub prefix_len: u8,
     pub interface: Option<String>,
-    pub eligible: BTreeSet<Pnn>,
+    /// The names of the nodes that may hold it; `None`: every member.
+    pub nodes: Option<BTreeSet<String>>,
     pub weight: u32,
 }
 
-/// A member as the configuration describes it.
+/// A member as the bootstrapping configuration describes it (PNN = position in the file).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MemberConfig {
     pub pnn: Pnn,
@@ -124,8 +148,9 @@ pub struct MemberConfig {
 /// A change to the cluster state, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Command {
-    /// The configuration (members' names and addresses, VIPs) as the proposing leader read it;
-    /// `digest` identifies the file's content so nodes can tell when theirs differs.
+    /// The configuration as the proposing leader read it: its VIPs, and its members, which only
+    /// the first `Configure` of a cluster uses (bootstrap); `digest` identifies the file's
+    /// content so nodes can tell when theirs differs.
     Configure {
         digest: String,
         members: Vec<MemberConfig>,
@@ -181,6 +206,24 @@ pub enum Command {
         by: Pnn,
         connections: Vec<Connection>,
     },
+    /// `vipgate node add`: a new member, numbered with the next unused PNN.
+    AddMember {
+        name: String,
+        cluster_address: IpAddr,
+    },
+    /// `vipgate node remove`: the member starts leaving.
+    RemoveMember {
+        node: Pnn,
+    },
+    /// The leader's last step of a removal: the leaving member owns nothing and is deleted.
+    ForgetMember {
+        node: Pnn,
+    },
+    /// `vipgate node set-address`.
+    SetAddress {
+        node: Pnn,
+        cluster_address: IpAddr,
+    },
 }
 
 /// What applying a command did.
@@ -205,6 +248,10 @@ pub struct ClusterState {
     /// every node at the same log index, so DNS answers carry the same SOA serial everywhere.
     #[serde(default)]
     pub live_serial: u64,
+    /// The PNN the next added member gets: one more than any PNN ever given, so a removed
+    /// node's number (and Raft id) is never reused. 0 until the first `Configure`.
+    #[serde(default)]
+    pub next_pnn: Pnn,
 }
 
 fn rejected(reason: String) -> Outcome {
@@ -247,6 +294,29 @@ impl ClusterState {
                 self.configure(members, vips);
                 self.config_digest = Some(digest.clone());
                 Outcome::Applied
+            }
+            Command::AddMember {
+                name,
+                cluster_address,
+            } => self.add_member(name, *cluster_address),
+            Command::RemoveMember { node } => self.remove_member(*node),
+            Command::ForgetMember { node } => self.forget_member(*node),
+            Command::SetAddress {
+                node,
+                cluster_address,
+            } => {
+                if let Some((other, _)) = self.members.iter().find(|(pnn, member)| {
+                    *pnn != node && member.cluster_address == *cluster_address
+                }) {
+                    return rejected(format!(
+                        "{cluster_address} is already the cluster address of {}",
+                        self.members[other].name
+                    ));
+                }
+                self.with_member(*node, |member| {
+                    member.cluster_address = *cluster_address;
+                    Outcome::Applied
+                })
             }
             Command::SetHealth {
                 node,
@@ -423,23 +493,22 @@ impl ClusterState {
         Outcome::Applied
     }
 
-    /// Members named by the configuration are added or renamed/readdressed (their flags,
-    /// health and generation stay); members are removed only by membership changes. VIPs
-    /// are added, updated, or marked unconfigured (released, then forgotten).
+    /// The first configuration of a cluster creates its members; later ones leave membership to
+    /// the membership commands. VIPs are added, updated, or marked unconfigured (released, then
+    /// forgotten).
     fn configure(&mut self, members: &[MemberConfig], vips: &[VipConfig]) {
-        for config in members {
-            match self.members.get_mut(&config.pnn) {
-                Some(member) => {
-                    member.name.clone_from(&config.name);
-                    member.cluster_address = config.cluster_address;
-                }
-                None => {
-                    self.members.insert(
-                        config.pnn,
-                        Member::new(config.name.clone(), config.cluster_address),
-                    );
-                }
+        if self.next_pnn == 0 {
+            for config in members {
+                self.members.insert(
+                    config.pnn,
+                    Member::new(config.name.clone(), config.cluster_address),
+                );
             }
+            self.next_pnn = self
+                .members
+                .keys()
+                .next_back()
+                .map_or(0, |last| last.saturating_add(1));
         }
         let configured: BTreeSet<IpAddr> = vips.iter().map(|vip| vip.address).collect();
         self.vips.retain(|address, vip| {
@@ -451,6 +520,7 @@ impl ClusterState {
                 prefix_len: config.prefix_len,
                 interface: None,
                 eligible: BTreeSet::new(),
+                nodes: None,
                 weight: 1,
                 owner: None,
                 phase: VipPhase::Unassigned,
@@ -461,9 +531,117 @@ impl ClusterState {
             });
             vip.prefix_len = config.prefix_len;
             vip.interface.clone_from(&config.interface);
-            vip.eligible.clone_from(&config.eligible);
+            vip.nodes.clone_from(&config.nodes);
             vip.weight = config.weight;
         }
+        self.resolve_eligibility();
+    }
+
+    /// Recomputes every VIP's eligible PNNs from its node names and the members.
+    fn resolve_eligibility(&mut self) {
+        for vip in self.vips.values_mut() {
+            vip.eligible = self
+                .members
+                .iter()
+                .filter(|(_, member)| {
+                    vip.nodes
+                        .as_ref()
+                        .is_none_or(|names| names.contains(&member.name))
+                })
+                .map(|(pnn, _)| *pnn)
+                .collect();
+        }
+    }
+
+    fn add_member(&mut self, name: &str, cluster_address: IpAddr) -> Outcome {
+        if self.next_pnn == 0 {
+            return rejected(format!(
+                "cannot add {name:?}: the cluster has not applied its configuration yet"
+            ));
+        }
+        if let Err(reason) = check_name(name) {
+            return rejected(reason);
+        }
+        if let Some(pnn) = self.pnn_of_name(name) {
+            return rejected(format!("there is already a node {name:?} (pnn {pnn})"));
+        }
+        if let Some(member) = self
+            .members
+            .values()
+            .find(|member| member.cluster_address == cluster_address)
+        {
+            return rejected(format!(
+                "{cluster_address} is already the cluster address of {}",
+                member.name
+            ));
+        }
+        let pnn = self.next_pnn;
+        let Some(next) = pnn.checked_add(1) else {
+            return rejected("no node numbers are left".to_owned());
+        };
+        self.next_pnn = next;
+        self.members
+            .insert(pnn, Member::new(name.to_owned(), cluster_address));
+        self.resolve_eligibility();
+        Outcome::Applied
+    }
+
+    fn remove_member(&mut self, node: Pnn) -> Outcome {
+        let Some(member) = self.members.get(&node) else {
+            return rejected(format!("unknown node {node}"));
+        };
+        if member.leaving {
+            return rejected(format!("{} is already leaving", member.name));
+        }
+        let others = self
+            .members
+            .iter()
+            .filter(|(pnn, member)| **pnn != node && !member.leaving)
+            .count();
+        if others == 0 {
+            return rejected(format!(
+                "{} is the last member; a cluster cannot remove its last node",
+                member.name
+            ));
+        }
+        self.with_member(node, |member| {
+            member.leaving = true;
+            Outcome::Applied
+        })
+    }
+
+    fn forget_member(&mut self, node: Pnn) -> Outcome {
+        let Some(member) = self.members.get(&node) else {
+            return rejected(format!("unknown node {node}"));
+        };
+        if !member.leaving {
+            return rejected(format!("{} is not leaving", member.name));
+        }
+        if let Some((address, _)) = self.vips.iter().find(|(_, vip)| vip.owner == Some(node)) {
+            return rejected(format!("{} still owns {address}", member.name));
+        }
+        self.members.remove(&node);
+        for vip in self.vips.values_mut() {
+            if vip.preferred == Some(node) {
+                vip.preferred = None;
+            }
+        }
+        self.resolve_eligibility();
+        Outcome::Applied
+    }
+
+    /// The PNN of the member called `name`.
+    pub fn pnn_of_name(&self, name: &str) -> Option<Pnn> {
+        self.members
+            .iter()
+            .find(|(_, member)| member.name == name)
+            .map(|(pnn, _)| *pnn)
+    }
+
+    /// Whether this state shows `node` as removed from the cluster: the cluster was configured
+    /// after `node` got its number, and it is no longer a member.
+    pub fn was_removed(&self, node: Pnn) -> bool {
+        node < self.next_pnn && !self.members.contains_key(&node)
     }
 
     /// The VIPs `node` holds (phase `Held`), in address order.
@@ -496,6 +674,24 @@ impl ClusterState {
             ));
         }
         Ok(versioned.state)
+    }
+}
+
+/// Checks a node name as the cluster file does: `[a-z0-9-]`, 1 to 32 characters, not starting
+/// with `-`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid node name: use a-z, 0-9 and -, 1 to {MAX_NAME_LEN} characters, not starting with -"
+        ))
     }
 }
 
@@ -549,14 +745,14 @@ mod tests {
                 address: ip("192.0.2.101"),
                 prefix_len: 24,
                 interface: None,
-                eligible: [0, 1, 2].into(),
+                nodes: None,
                 weight: 1,
             },
             VipConfig {
                 address: ip("192.0.2.102"),
                 prefix_len: 24,
                 interface: Some("eth1".into()),
-                eligible: [1, 2].into(),
+                nodes: Some(["node2".into(), "node3".into()].into()),
                 weight: 2,
             },
         ];
@@ -907,7 +1103,7 @@ mod tests {
             address: kept,
             prefix_len: 24,
             interface: None,
-            eligible: [0].into(),
+            nodes: Some(["node1".into()].into()),
             weight: 3,
         }];
         applied(
@@ -1036,6 +1232,169 @@ mod tests {
                 disabled: true,
             },
         );
+    }
+
+    #[test]
+    fn only_the_first_configure_sets_members_and_node_lists_follow_names() {
+        let mut state = cluster();
+        assert_eq!(state.next_pnn, 3);
+        // A later file that reorders, renames, readdresses or drops nodes changes no member.
+        let members = vec![
+            MemberConfig {
+                pnn: 0,
+                name: "node3".into(),
+                cluster_address: ip("198.51.100.99"),
+            },
+            MemberConfig {
+                pnn: 1,
+                name: "other".into(),
+                cluster_address: ip("198.51.100.11"),
+            },
+        ];
+        let before = state.members.clone();
+        let vips = vec![VipConfig {
+            address: ip("192.0.2.102"),
+            prefix_len: 24,
+            interface: None,
+            nodes: Some(["node3".into(), "node9".into()].into()),
+            weight: 1,
+        }];
+        applied(
+            &mut state,
+            Command::Configure {
+                digest: "d2".into(),
+                members,
+                vips,
+            },
+        );
+        assert_eq!(state.members, before);
+        // Node lists are names: node3 is still pnn 2; node9 is not a member (yet).
+        assert_eq!(state.vips[&ip("192.0.2.102")].eligible, [2].into());
+        applied(
+            &mut state,
+            Command::AddMember {
+                name: "node9".into(),
+                cluster_address: ip("198.51.100.19"),
+            },
+        );
+        assert_eq!(state.pnn_of_name("node9"), Some(3));
+        assert_eq!(state.vips[&ip("192.0.2.102")].eligible, [2, 3].into());
+    }
+
+    #[test]
+    fn membership_commands_refuse_what_cannot_be() {
+        let mut state = ClusterState::default();
+        refused(
+            &mut state,
+            Command::AddMember {
+                name: "node4".into(),
+                cluster_address: ip("198.51.100.14"),
+            },
+        );
+        let mut state = cluster();
+        let add = |name: &str, address: &str| Command::AddMember {
+            name: name.into(),
+            cluster_address: ip(address),
+        };
+        // Duplicate name, duplicate address, bad names.
+        refused(&mut state, add("node2", "198.51.100.14"));
+        refused(&mut state, add("node4", "198.51.100.12"));
+        for bad in ["", "-x", "Node4", "a b", &"n".repeat(33)] {
+            refused(&mut state, add(bad, "198.51.100.14"));
+        }
+        applied(&mut state, add("node4", "198.51.100.14"));
+        assert_eq!(state.next_pnn, 4);
+        // Set-address: to a free address only, of a known node.
+        refused(
+            &mut state,
+            Command::SetAddress {
+                node: 1,
+                cluster_address: ip("198.51.100.14"),
+            },
+        );
+        refused(
+            &mut state,
+            Command::SetAddress {
+                node: 9,
+                cluster_address: ip("198.51.100.50"),
+            },
+        );
+        applied(
+            &mut state,
+            Command::SetAddress {
+                node: 1,
+                cluster_address: ip("198.51.100.50"),
+            },
+        );
+        applied(
+            &mut state,
+            Command::SetAddress {
+                node: 1,
+                cluster_address: ip("198.51.100.50"),
+            },
+        );
+        assert_eq!(state.members[&1].cluster_address, ip("198.51.100.50"));
+        // Removal: not the last member, not twice, not unknown.
+        refused(&mut state, Command::RemoveMember { node: 7 });
+        for node in [0, 1, 2] {
+            applied(&mut state, Command::RemoveMember { node });
+        }
+        refused(&mut state, Command::RemoveMember { node: 0 });
+        refused(&mut state, Command::RemoveMember { node: 3 });
+        refused(&mut state, Command::ForgetMember { node: 3 });
+    }
+
+    #[test]
+    fn a_leaving_member_is_forgotten_only_once_it_owns_nothing_and_its_number_stays_used() {
+        let mut state = cluster();
+        let vip = ip("192.0.2.101");
+        applied(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: 0,
+                to: 2,
+            },
+        );
+        applied(&mut state, Command::RemoveMember { node: 2 });
+        assert!(state.members[&2].leaving);
+        refused(&mut state, Command::ForgetMember { node: 2 });
+        applied(
+            &mut state,
+            Command::Release {
+                vip,
+                epoch: 1,
+                to: None,
+            },
+        );
+        // Still releasing: the address may still be configured there.
+        refused(&mut state, Command::ForgetMember { node: 2 });
+        applied(
+            &mut state,
+            Command::Released {
+                vip,
+                epoch: 2,
+                by: 2,
+            },
+        );
+        applied(&mut state, Command::ForgetMember { node: 2 });
+        assert!(!state.members.contains_key(&2));
+        assert!(state.was_removed(2));
+        assert!(!state.was_removed(1));
+        assert!(!state.was_removed(3), "not given out yet");
+        assert_eq!(state.vips[&ip("192.0.2.102")].eligible, [1].into());
+        assert_eq!(state.vips[&vip].eligible, [0, 1].into());
+        // The number of a removed node is never given again.
+        applied(
+            &mut state,
+            Command::AddMember {
+                name: "node3".into(),
+                cluster_address: ip("198.51.100.13"),
+            },
+        );
+        assert_eq!(state.pnn_of_name("node3"), Some(3));
+        let restored = ClusterState::from_snapshot(&state.to_snapshot()).unwrap();
+        assert_eq!(restored, state);
     }
 
     #[test]

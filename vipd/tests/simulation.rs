@@ -8,6 +8,9 @@
 //! real one: after every input the node's kernel holds exactly `held()`, each address expiring
 //! at its whole-second lifetime (plus 100 ms of deletion slack) on that node's clock. A killed
 //! or frozen node's kernel keeps its addresses until they expire, as Linux does.
+//!
+//! Membership changes (add, remove, set-address) run through the same simulation: an added node
+//! starts with an empty log and no bootstrap, as `vipgate node --join` does.
 
 #![allow(clippy::unwrap_used, reason = "test code")]
 
@@ -53,6 +56,8 @@ struct SimNode {
     /// VIP → real time at which the kernel deletes it.
     kernel: BTreeMap<IpAddr, u64>,
     next_loop_ms: u64,
+    /// Added at runtime: starts without bootstrap voters and learns the cluster by snapshot.
+    joiner: bool,
 }
 
 impl SimNode {
@@ -69,6 +74,8 @@ struct Sim {
     cut: BTreeSet<(Pnn, Pnn)>,
     rng: Rng,
     vips: Vec<IpAddr>,
+    /// The nodes of the bootstrapping configuration.
+    initial: u32,
     /// Every instant at which a VIP was in two kernels: (time, VIP, nodes).
     duplicates: Vec<(u64, IpAddr, Vec<Pnn>)>,
 }
@@ -89,7 +96,7 @@ fn configure(nodes: u32, vips: &[IpAddr]) -> Command {
                 address: *address,
                 prefix_len: if address.is_ipv4() { 24 } else { 64 },
                 interface: None,
-                eligible: (0..nodes).collect(),
+                nodes: None,
                 weight: 1,
             })
             .collect(),
@@ -114,50 +121,70 @@ fn settings(pnn: Pnn) -> NodeSettings {
 
 impl Sim {
     fn new(nodes: u32, vip_count: u8, seed: u64) -> Sim {
-        let mut rng = Rng(seed | 1);
+        let rng = Rng(seed | 1);
         let mut vips: Vec<IpAddr> = (0..vip_count.saturating_sub(1))
             .map(|index| IpAddr::from([192, 0, 2, 101 + index]))
             .collect();
         vips.push("2001:db8::101".parse().unwrap());
-        let mut sim_nodes = Vec::new();
-        for pnn in 0..nodes {
-            let rate = 1.0 + (rng.below(1001) as f64 - 500.0) / 100_000.0;
-            sim_nodes.push(SimNode {
-                pnn,
-                core: None,
-                store: MemLog::new(),
-                frozen: false,
-                offset_ms: rng.below(1_000_000),
-                rate,
-                kernel: BTreeMap::new(),
-                next_loop_ms: 0,
-            });
-        }
         let mut sim = Sim {
             now: 0,
-            nodes: sim_nodes,
+            nodes: Vec::new(),
             in_flight: Vec::new(),
             cut: BTreeSet::new(),
             rng,
             vips,
+            initial: nodes,
             duplicates: Vec::new(),
         };
+        for _ in 0..nodes {
+            sim.add_node(false);
+        }
         for pnn in 0..nodes {
             sim.start(pnn);
         }
         sim
     }
 
+    /// A new simulated machine (not started); a joiner has no bootstrap voters.
+    fn add_node(&mut self, joiner: bool) -> Pnn {
+        let pnn = self.nodes.len() as Pnn;
+        let rate = 1.0 + (self.rng.below(1001) as f64 - 500.0) / 100_000.0;
+        let offset_ms = self.rng.below(1_000_000);
+        self.nodes.push(SimNode {
+            pnn,
+            core: None,
+            store: MemLog::new(),
+            frozen: false,
+            offset_ms,
+            rate,
+            kernel: BTreeMap::new(),
+            next_loop_ms: 0,
+            joiner,
+        });
+        pnn
+    }
+
+    /// Proposes an operator's command on node `on` (as its control socket would).
+    fn propose(&mut self, on: Pnn, command: Command) {
+        let core = self.nodes[on as usize].core.as_mut().unwrap();
+        core.propose_command(command).unwrap();
+        self.settle(on as usize);
+    }
+
+    fn core(&self, pnn: Pnn) -> &NodeCore<MemLog> {
+        self.nodes[pnn as usize].core.as_ref().unwrap()
+    }
+
     fn start(&mut self, pnn: Pnn) {
-        let count = self.nodes.len() as u32;
-        let voters: Vec<Pnn> = (0..count).collect();
-        let configure = configure(count, &self.vips);
+        let voters: Vec<Pnn> = (0..self.initial).collect();
+        let configure = configure(self.initial, &self.vips);
         let node = &mut self.nodes[pnn as usize];
+        let bootstrap = (!node.joiner).then_some(voters.as_slice());
         let local = node.local(self.now);
         let mut core = NodeCore::new(
             settings(pnn),
             node.store.clone(),
-            Some(&voters),
+            bootstrap,
             Some(configure),
             local,
             local + 1_700_000_000_000,
@@ -573,5 +600,354 @@ fn random_faults_never_put_a_vip_on_two_nodes() {
             phases.iter().all(|phase| *phase == VipPhase::Held),
             "{phases:?}"
         );
+    }
+}
+
+/// Whether every running node agrees that `pnn` is a member, and the leader has it as a voter.
+fn voter_everywhere(sim: &Sim, pnn: Pnn) -> bool {
+    let Some(leader) = sim.leader() else {
+        return false;
+    };
+    sim.core(leader).voters().contains(&pnn)
+        && sim
+            .nodes
+            .iter()
+            .filter(|node| sim.running(node.pnn))
+            .all(|node| {
+                let core = sim.core(node.pnn);
+                core.state().members.contains_key(&pnn) && core.voters().contains(&pnn)
+            })
+}
+
+/// Whether every running node other than `pnn` has forgotten it and the leader's Raft
+/// configuration no longer has it.
+fn gone_everywhere(sim: &Sim, pnn: Pnn) -> bool {
+    let Some(leader) = sim.leader() else {
+        return false;
+    };
+    let core = sim.core(leader);
+    !core.voters().contains(&pnn)
+        && !core.learners().contains(&pnn)
+        && sim
+            .nodes
+            .iter()
+            .filter(|node| node.pnn != pnn && sim.running(node.pnn))
+            .all(|node| !sim.core(node.pnn).state().members.contains_key(&pnn))
+}
+
+fn add_member(name: &str, last_octet: u8) -> Command {
+    Command::AddMember {
+        name: name.into(),
+        cluster_address: IpAddr::from([198, 51, 100, last_octet]),
+    }
+}
+
+#[test]
+fn an_added_node_joins_by_snapshot_becomes_a_voter_and_takes_its_share() {
+    for seed in [21, 22, 23] {
+        let mut sim = settled(seed);
+        let on = (seed % 3) as Pnn;
+        sim.propose(on, add_member("node4", 14));
+        assert!(
+            sim.run_until(2_000, |sim| sim.core(0).state().members.contains_key(&3))
+                .is_some(),
+            "seed {seed}: the member was not added"
+        );
+        // Not started yet: it is a learner only, so it costs the cluster no quorum.
+        sim.run_for(1_000);
+        let leader = sim.leader().unwrap();
+        assert!(!sim.core(leader).voters().contains(&3), "seed {seed}");
+        assert_eq!(sim.core(leader).learners(), &[3].into(), "seed {seed}");
+        let new = sim.add_node(true);
+        assert_eq!(new, 3);
+        sim.start(new);
+        let became = sim.run_until(5_000, |sim| voter_everywhere(sim, 3));
+        if became.is_none() {
+            for pnn in 0..4 {
+                let core = sim.core(pnn);
+                eprintln!(
+                    "{pnn}: leader {:?} progress {:?} voters {:?} learners {:?} members {:?}",
+                    core.leader(),
+                    core.raft_progress(),
+                    core.voters(),
+                    core.learners(),
+                    core.state().members.keys().collect::<Vec<_>>()
+                );
+            }
+        }
+        assert!(became.is_some(), "seed {seed}: node 4 never became a voter");
+        // It learnt the whole state, not entries without the bootstrap configuration.
+        assert_eq!(sim.core(3).voters(), &[0, 1, 2, 3].into(), "seed {seed}");
+        // A new node is settled at once (never fenced): balancing gives it a VIP.
+        assert!(
+            sim.run_until(5_000, |sim| balanced(sim, &[0, 1, 2, 3]))
+                .is_some(),
+            "seed {seed}: {:?}",
+            sim.holders()
+        );
+        sim.assert_no_duplicates();
+    }
+}
+
+#[test]
+fn a_member_added_but_never_started_leaves_failover_intact() {
+    let mut sim = settled(31);
+    sim.propose(1, add_member("node4", 14));
+    sim.add_node(true);
+    sim.run_for(1_000);
+    let victim = (0..3).find(|pnn| !sim.held_by(*pnn).is_empty()).unwrap();
+    sim.kill(victim);
+    let survivors: Vec<Pnn> = (0..3).filter(|pnn| *pnn != victim).collect();
+    assert!(
+        sim.run_until(FAILOVER_LIMIT_MS + 1_000, |sim| sim
+            .all_hosted_by(&survivors))
+            .is_some(),
+        "two of three voters must still fail over: {:?}",
+        sim.holders()
+    );
+    let leader = sim.leader().unwrap();
+    assert!(
+        !sim.core(leader).state().members[&3].fenced,
+        "a silent member that owns nothing is not fenced"
+    );
+    sim.assert_no_duplicates();
+}
+
+#[test]
+fn a_removed_member_hands_its_vips_over_first_then_leaves_raft() {
+    // Seeds where the removed node is a follower, and where it is the leader.
+    for (seed, remove_leader) in [(41, false), (42, true), (43, false), (44, true)] {
+        let mut sim = settled(seed);
+        let leader = sim.leader().unwrap();
+        let victim = if remove_leader {
+            leader
+        } else {
+            (leader + 1) % 3
+        };
+        let moved = sim.held_by(victim);
+        assert!(!moved.is_empty());
+        let on = (0..3).find(|pnn| *pnn != victim).unwrap();
+        sim.propose(on, Command::RemoveMember { node: victim });
+        let survivors: Vec<Pnn> = (0..3).filter(|pnn| *pnn != victim).collect();
+        assert!(
+            sim.run_until(5_000, |sim| gone_everywhere(sim, victim))
+                .is_some(),
+            "seed {seed}: node {victim} was not removed: {:?}",
+            sim.holders()
+        );
+        assert!(
+            sim.all_hosted_by(&survivors),
+            "seed {seed}: {:?}",
+            sim.holders()
+        );
+        // The removed node heard of it while it was still a peer.
+        assert!(sim.core(victim).removed(), "seed {seed}");
+        assert_eq!(sim.core(sim.leader().unwrap()).voters().len(), 2);
+        // The two left still fail over: kill the one with most VIPs.
+        sim.kill(victim);
+        let next = survivors[0];
+        sim.kill(next);
+        let last = survivors[1];
+        // One voter of two is not a quorum: the VIPs of the killed one stay unassigned, never
+        // doubled (this checks the removal did not shrink the quorum behind our back).
+        sim.run_for(4_000);
+        sim.assert_no_duplicates();
+        sim.start(next);
+        assert!(
+            sim.run_until(10_000, |sim| sim.all_hosted_by(&[next, last]))
+                .is_some(),
+            "seed {seed}: {:?}",
+            sim.holders()
+        );
+        sim.assert_no_duplicates();
+    }
+}
+
+#[test]
+fn removing_a_dead_owner_waits_for_its_lease_and_a_restarted_one_stays_out() {
+    let mut sim = settled(51);
+    let victim = (0..3).find(|pnn| !sim.held_by(*pnn).is_empty()).unwrap();
+    sim.kill(victim);
+    // A proposal needs a live leader to reach (the daemon retries until one exists).
+    assert!(
+        sim.run_until(5_000, |sim| sim
+            .leader()
+            .is_some_and(|leader| leader != victim))
+            .is_some()
+    );
+    let on = (0..3).find(|pnn| *pnn != victim).unwrap();
+    sim.propose(on, Command::RemoveMember { node: victim });
+    let gone = sim.run_until(8_000, |sim| gone_everywhere(sim, victim));
+    if gone.is_none() {
+        for pnn in 0..3 {
+            if let Some(core) = sim.nodes[pnn].core.as_ref() {
+                eprintln!(
+                    "{pnn}: leader {:?} progress {:?} voters {:?} learners {:?} members {:?}",
+                    core.leader(),
+                    core.raft_progress(),
+                    core.voters(),
+                    core.learners(),
+                    core.state().members
+                );
+            }
+        }
+    }
+    assert!(gone.is_some(), "{:?}", sim.holders());
+    let survivors: Vec<Pnn> = (0..3).filter(|pnn| *pnn != victim).collect();
+    assert!(sim.all_hosted_by(&survivors), "{:?}", sim.holders());
+    // It comes back with its old log: nobody talks to it, so it gets no lease and no VIP.
+    sim.start(victim);
+    sim.run_for(5_000);
+    assert!(sim.held_by(victim).is_empty());
+    assert!(sim.all_hosted_by(&survivors), "{:?}", sim.holders());
+    sim.assert_no_duplicates();
+}
+
+#[test]
+fn set_address_reaches_every_node_even_one_cut_off_while_it_was_made() {
+    let mut sim = settled(61);
+    sim.isolate(2, true);
+    let address = IpAddr::from([198, 51, 100, 99]);
+    sim.propose(
+        0,
+        Command::SetAddress {
+            node: 1,
+            cluster_address: address,
+        },
+    );
+    sim.run_for(1_000);
+    sim.isolate(2, false);
+    assert!(
+        sim.run_until(5_000, |sim| (0..3)
+            .all(
+                |pnn| sim.core(pnn).state().members[&1].cluster_address == address
+            ))
+        .is_some()
+    );
+    sim.assert_no_duplicates();
+}
+
+#[test]
+fn random_membership_changes_under_faults_never_put_a_vip_on_two_nodes() {
+    for seed in 200..204 {
+        let mut sim = settled(seed);
+        let mut next_octet = 20;
+        for round in 0..6 {
+            let members: Vec<Pnn> = {
+                let leader = sim.leader();
+                let Some(leader) = leader else {
+                    sim.run_for(1_000);
+                    continue;
+                };
+                sim.core(leader)
+                    .state()
+                    .members
+                    .iter()
+                    .filter(|(_, member)| !member.leaving)
+                    .map(|(pnn, _)| *pnn)
+                    .collect()
+            };
+            let proposer = *members
+                .iter()
+                .find(|pnn| sim.running(**pnn))
+                .unwrap_or(&members[0]);
+            if members.len() <= 3 || round % 2 == 0 {
+                next_octet += 1;
+                sim.propose(
+                    proposer,
+                    add_member(&format!("extra{next_octet}"), next_octet),
+                );
+                let new = sim.add_node(true);
+                sim.start(new);
+            } else {
+                let victim = members[sim.rng.below(members.len() as u64) as usize];
+                sim.propose(proposer, Command::RemoveMember { node: victim });
+            }
+            // A fault on a random running node while the change is under way.
+            let victim = members[sim.rng.below(members.len() as u64) as usize];
+            match sim.rng.below(3) {
+                0 => sim.freeze(victim, true),
+                1 => sim.isolate(victim, true),
+                _ => {}
+            }
+            let pause = 500 + sim.rng.below(2_000);
+            sim.run_for(pause);
+            for pnn in 0..sim.nodes.len() as Pnn {
+                sim.freeze(pnn, false);
+                sim.isolate(pnn, false);
+            }
+            sim.run_for(3_000);
+        }
+        let leader = sim.run_until(5_000, |sim| sim.leader().is_some());
+        assert!(leader.is_some(), "seed {seed}: no leader in the end");
+        let members: Vec<Pnn> = {
+            let core = sim.core(sim.leader().unwrap());
+            core.state().members.keys().copied().collect()
+        };
+        assert!(
+            sim.run_until(20_000, |sim| sim.all_hosted_by(&members))
+                .is_some(),
+            "seed {seed}: not all hosted by members {members:?}: {:?}",
+            sim.holders()
+        );
+        let core = sim.core(sim.leader().unwrap());
+        eprintln!(
+            "seed {seed}: members {members:?}, voters {:?}, learners {:?}, next pnn {}",
+            core.voters(),
+            core.learners(),
+            core.state().next_pnn
+        );
+        assert!(core.state().next_pnn > 3, "seed {seed}: nothing was added");
+        sim.assert_no_duplicates();
+    }
+}
+
+#[test]
+fn a_thawed_node_is_held_down_even_by_a_leader_that_restarted_while_it_was_frozen() {
+    for seed in [71, 72, 73] {
+        let mut sim = settled(seed);
+        let leader = sim.leader().unwrap();
+        let victim = (0..3)
+            .find(|pnn| *pnn != leader && !sim.held_by(*pnn).is_empty())
+            .unwrap();
+        sim.freeze(victim, true);
+        assert!(
+            sim.run_until(FAILOVER_LIMIT_MS, |sim| sim.held_by(victim).is_empty()
+                && sim.all_hosted_by(&[0, 1, 2]))
+                .is_some(),
+            "seed {seed}: {:?}",
+            sim.holders()
+        );
+        // Both other nodes restart (the leader among them): whichever leads next has never
+        // seen the victim available.
+        let others: Vec<Pnn> = (0..3).filter(|pnn| *pnn != victim).collect();
+        for pnn in &others {
+            sim.kill(*pnn);
+        }
+        for pnn in &others {
+            sim.start(*pnn);
+        }
+        assert!(
+            sim.run_until(5_000, |sim| sim.leader().is_some()).is_some(),
+            "seed {seed}: no leader"
+        );
+        sim.freeze(victim, false);
+        // For most of the hold-down (10 s) the thawed node gets nothing back, at no instant.
+        for _ in 0..8_000 {
+            sim.step();
+            assert!(
+                sim.held_by(victim).is_empty(),
+                "seed {seed}: node {victim} got {:?} back at once",
+                sim.held_by(victim)
+            );
+        }
+        // After the hold-down, rebalancing gives it its share again.
+        assert!(
+            sim.run_until(15_000, |sim| balanced(sim, &[0, 1, 2]))
+                .is_some(),
+            "seed {seed}: {:?}",
+            sim.holders()
+        );
+        sim.assert_no_duplicates();
     }
 }

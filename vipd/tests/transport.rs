@@ -806,3 +806,91 @@ async fn a_full_send_queue_drops_and_reports_unreachable_without_blocking() {
     dialer.transport.shutdown().await;
     acceptor.transport.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_learns_its_id_from_a_member_and_then_links_normally() {
+    // The joining node's address is known to the members; its id is not known to it.
+    let probe = TcpListener::bind(loopback()).await.unwrap();
+    let joining_address = probe.local_addr().unwrap();
+    drop(probe);
+    let mut member = config(1, loopback());
+    member.peers = BTreeMap::from([(5, joining_address)]);
+    let mut member = start(member).await;
+    // An outsider with the wrong secret dials first: it teaches nothing.
+    let outsider = tokio::spawn(async move {
+        let mut wrong = config(9, loopback());
+        wrong.secret = b"not the cluster secret at all".to_vec();
+        wrong.peers = BTreeMap::from([(10, joining_address)]);
+        let (transport, _events) = Transport::start(wrong).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        transport.shutdown().await;
+    });
+    let introduction = tokio::time::timeout(
+        DEADLINE,
+        vipd::transport::learn_identity(joining_address, SECRET, CLUSTER),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        introduction,
+        vipd::transport::Introduction { node: 5, by: 1 }
+    );
+    // Now the real transport, with the learnt id; lower ids are accepted whatever their
+    // address says until the state tells it the real ones.
+    let mut joined = config(5, joining_address);
+    joined.peers = BTreeMap::from([(1, "0.0.0.0:9".parse().unwrap())]);
+    let mut joined = start(joined).await;
+    wait_connected(&mut joined, 1).await;
+    deliver(&member, &mut joined, b"welcome").await;
+    deliver(&joined, &mut member, b"thanks").await;
+    // Learning the real address of a peer that dials us keeps the link.
+    joined.forget();
+    joined
+        .transport
+        .set_peers(BTreeMap::from([(1, member.transport.local_addr())]));
+    deliver(&member, &mut joined, b"still here").await;
+    assert!(
+        !joined
+            .seen
+            .iter()
+            .any(|(event, _)| *event == Event::Unreachable { peer: 1 }),
+        "{:?}",
+        joined.seen
+    );
+    outsider.await.unwrap();
+    member.transport.shutdown().await;
+    joined.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_address_changes_rebinds_and_is_reached_there() {
+    let mut nodes = start_cluster(vec![config(1, loopback()), config(2, loopback())]).await;
+    wait_connected(&mut nodes[0], 2).await;
+    let old = nodes[1].transport.local_addr();
+    let new = nodes[1].transport.rebind(loopback()).await.unwrap();
+    assert_ne!(old, new);
+    // The old address no longer answers, but the link that is up stays up: over it the moved
+    // node may be hearing of its own move.
+    assert!(TcpStream::connect(old).await.is_err());
+    nodes[0].transport.set_peers(BTreeMap::from([(2, new)]));
+    {
+        let (left, right) = nodes.split_at_mut(1);
+        deliver(&left[0], &mut right[0], b"over the old link").await;
+    }
+    // A new connection goes to the new address.
+    let first = nodes.remove(0);
+    first.transport.shutdown().await;
+    let mut restarted = config(1, loopback());
+    restarted.peers = BTreeMap::from([(2, new)]);
+    let mut restarted = start(restarted).await;
+    nodes[0]
+        .transport
+        .set_peers(BTreeMap::from([(1, restarted.transport.local_addr())]));
+    wait_connected(&mut restarted, 2).await;
+    deliver(&nodes[0], &mut restarted, b"at the new address").await;
+    restarted.transport.shutdown().await;
+    for node in nodes {
+        node.transport.shutdown().await;
+    }
+}

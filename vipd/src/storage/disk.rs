@@ -70,6 +70,16 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Stor
 }
 
 impl DiskLog {
+    /// The node this data directory belongs to, if it was given one.
+    pub fn identity(&self) -> Result<Option<super::NodeIdentity>, StorageError> {
+        super::identity::read(&self.inner.dir)
+    }
+
+    /// Records the node this data directory belongs to (durably).
+    pub fn set_identity(&self, identity: &super::NodeIdentity) -> Result<(), StorageError> {
+        super::identity::write(&self.inner.dir, identity)
+    }
+
     /// Opens the log in `dir`, creating the directory (mode 0700) and an empty log if they are
     /// missing, locking the directory against a second opener, and recovering what the last
     /// run wrote (see the module documentation).

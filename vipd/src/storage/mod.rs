@@ -6,7 +6,8 @@
 //!
 //! # Files and format (version 1)
 //!
-//! `data_dir/LOCK` is held with an exclusive `flock` while a `DiskLog` is open, so two daemons
+//! `data_dir/identity.json` says which node of which cluster the directory belongs to (its PNN,
+//! see `identity`). `data_dir/LOCK` is held with an exclusive `flock` while a `DiskLog` is open, so two daemons
 //! never share a data directory. `data_dir/raft.log` is the log: a 24-byte header (magic
 //! `VIPDRAFT`, format version `u32`, a random salt `u64`, CRC-32 of those 20 bytes) and then
 //! records back to back, each `[len u32][crc32 u32][kind u8][head-crc u32][payload]` (little
@@ -45,6 +46,7 @@
 //! like a torn write, and that record is dropped.
 
 mod disk;
+mod identity;
 mod mem;
 mod record;
 mod state;
@@ -55,6 +57,7 @@ use std::path::PathBuf;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 
 pub use disk::DiskLog;
+pub use identity::NodeIdentity;
 pub use mem::MemLog;
 
 /// What the Raft node needs from its log beyond `raft::Storage`.
@@ -151,6 +154,8 @@ pub enum StorageError {
     AlreadyInitialized,
     #[error("an initial configuration needs at least one voter")]
     NoVoters,
+    #[error("{} is not a usable node identity: {reason}", path.display())]
+    BadIdentity { path: PathBuf, reason: String },
 }
 
 impl From<StorageError> for raft::Error {

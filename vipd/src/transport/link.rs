@@ -7,8 +7,8 @@
 //! ciphers by reference, so aborting the task closes the connection at once.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -99,9 +99,12 @@ pub(crate) struct Established {
 }
 
 /// Who opens the connection of a pair: the node with the lower id.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Role {
-    Dial(SocketAddr),
+    /// The peer's address, which `set_peers` may change: the next dial uses the new one, while
+    /// a connection that is up stays up (the peer may still be listening at its old address
+    /// only, until it hears of its move over that very connection).
+    Dial(Arc<Mutex<SocketAddr>>),
     Accept,
 }
 
@@ -126,16 +129,20 @@ pub(crate) struct Link {
 impl Link {
     pub(crate) async fn run(mut self) {
         match self.role {
-            Role::Dial(address) => self.run_dialer(address).await,
+            Role::Dial(ref address) => {
+                let address = address.clone();
+                self.run_dialer(&address).await;
+            }
             Role::Accept => self.run_acceptor().await,
         }
     }
 
-    async fn run_dialer(&mut self, address: SocketAddr) {
+    async fn run_dialer(&mut self, current: &Mutex<SocketAddr>) {
         let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_CAP);
         let mut warnings = WarningLimiter::new(WARNING_WINDOW, WARNING_BURST);
         let mut failures_in_a_row = 0u64;
         loop {
+            let address = *current.lock().unwrap_or_else(PoisonError::into_inner);
             match self.dial(address).await {
                 Ok(established) => {
                     backoff.reset();

@@ -45,7 +45,9 @@
 //!
 //! [`Transport::start`] binds the listener and returns the handle with the receiver of
 //! [`Event`]s; [`Transport::send`] never waits; [`Transport::set_peers`] follows membership;
-//! [`Transport::shutdown`] stops everything.
+//! [`Transport::rebind`] follows a change of this node's own address; [`Transport::shutdown`]
+//! stops everything. A node joining a running cluster first calls [`learn_identity`]: the
+//! members dial it (its id is the highest) and their authenticated hello tells it its id.
 
 mod link;
 mod noise;
@@ -207,6 +209,8 @@ struct Peers {
 #[derive(Debug)]
 struct PeerEntry {
     address: SocketAddr,
+    /// The address the link dials (for peers with a higher id), shared with the link's task.
+    dial_address: Option<Arc<Mutex<SocketAddr>>>,
     queue: mpsc::Sender<Vec<u8>>,
     incoming: mpsc::Sender<Established>,
     status: Arc<LinkStatus>,
@@ -372,31 +376,45 @@ impl Transport {
         }
     }
 
-    /// Follows membership and address changes: links to removed peers and to peers whose
-    /// address changed are closed (their queued payloads dropped), links to new or moved peers
-    /// started. Our own id, if present, is ignored.
+    /// Follows membership and address changes: links to removed peers are closed (their queued
+    /// payloads dropped), links to new peers started, and a peer whose address changed is
+    /// dialled there from its next connection on (the current one, if up, is kept). Our own id,
+    /// if present, is ignored.
     pub fn set_peers(&self, peers: BTreeMap<u64, SocketAddr>) {
         let shared = &self.inner.shared;
         let mut current = shared.peers();
         if current.closed {
             return;
         }
+        let me = shared.me;
         current.entries.retain(|id, entry| {
-            let keep = peers.get(id) == Some(&entry.address);
-            if !keep {
+            // A peer with a lower id dials us, so where it lives does not matter to its link.
+            let Some(address) = peers.get(id) else {
                 let address = entry.address;
-                tracing::info!(peer = id, %address, "closing link to removed or moved peer");
+                tracing::info!(peer = id, %address, "closing link to removed peer");
+                return false;
+            };
+            if *address != entry.address {
+                // A connection that is up stays up: the peer may hear of its own move only
+                // through it. The next dial goes to the new address.
+                if *id > me {
+                    tracing::info!(peer = id, old = %entry.address, new = %address, "peer moved");
+                }
+                if let Some(dial_address) = &entry.dial_address {
+                    *dial_address.lock().unwrap_or_else(PoisonError::into_inner) = *address;
+                }
+                entry.address = *address;
             }
-            keep
+            true
         });
         for (&id, &address) in &peers {
             if id == shared.me || current.entries.contains_key(&id) {
                 continue;
             }
-            let role = if id > shared.me {
-                Role::Dial(address)
-            } else {
-                Role::Accept
+            let dial_address = (id > shared.me).then(|| Arc::new(Mutex::new(address)));
+            let role = match &dial_address {
+                Some(dial_address) => Role::Dial(dial_address.clone()),
+                None => Role::Accept,
             };
             let (queue, queue_receiver) = mpsc::channel(SEND_QUEUE);
             let (incoming, incoming_receiver) = mpsc::channel(2);
@@ -414,6 +432,7 @@ impl Transport {
                 id,
                 PeerEntry {
                     address,
+                    dial_address,
                     queue,
                     incoming,
                     status,
@@ -421,6 +440,40 @@ impl Transport {
                 },
             );
         }
+    }
+
+    /// Moves the listener to `listen` (this node's cluster address changed): binds the new
+    /// address first, then stops the old listener. Links keep running; peers that dial us reach
+    /// the new address once they learn it.
+    pub async fn rebind(&self, listen: SocketAddr) -> Result<SocketAddr, TransportError> {
+        let bind_error = |source| TransportError::Bind {
+            address: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        let task = Task(Some(
+            self.inner
+                .runtime
+                .spawn(accept_loop(listener, self.inner.shared.clone())),
+        ));
+        let old = {
+            let mut slot = self
+                .inner
+                .listener
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if self.inner.shared.peers().closed {
+                None
+            } else {
+                slot.replace(task)
+            }
+        };
+        if let Some(old) = old {
+            old.stop().await;
+        }
+        tracing::info!(address = %local_addr, "transport listening on a new address");
+        Ok(local_addr)
     }
 
     /// Stops every task and closes every socket before returning. Clones of this handle stay
@@ -442,6 +495,79 @@ impl Transport {
         }
         for entry in entries.into_values() {
             entry.task.stop().await;
+        }
+    }
+}
+
+/// How a joining node learnt who it is: the first member that dialled it, authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Introduction {
+    /// The id the member addressed this node by: its own id from now on.
+    pub node: u64,
+    /// The member that dialled.
+    pub by: u64,
+}
+
+/// For a node joining a running cluster, which does not know its own id yet: listens on
+/// `listen` until a member dials it, completes the handshake (so only a holder of the secret and
+/// the cluster name can tell it anything, and a replayed first message teaches nothing), and
+/// returns the ids of the hello. The connection is then closed; the member redials the real
+/// transport. Only hellos from a lower id are believed: members dial peers with higher ids, and
+/// a joining node always gets the highest id so far.
+pub async fn learn_identity(
+    listen: SocketAddr,
+    secret: &[u8],
+    cluster_name: &str,
+) -> Result<Introduction, TransportError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(TransportError::ShortSecret(secret.len()));
+    }
+    let keys = Keys::new(secret, cluster_name).map_err(TransportError::Noise)?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| TransportError::Bind {
+            address: listen,
+            source,
+        })?;
+    let mut handshakes = FuturesUnordered::new();
+    let mut warnings = WarningLimiter::new(WARNING_WINDOW, WARNING_BURST);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((mut stream, remote)) => {
+                    if handshakes.len() >= MAX_PENDING_HANDSHAKES {
+                        continue;
+                    }
+                    let keys = &keys;
+                    handshakes.push(async move {
+                        let result = tokio::time::timeout(
+                            HANDSHAKE_TIMEOUT,
+                            noise::respond_to(&mut stream, keys, |from, to| from != 0 && from < to),
+                        )
+                        .await
+                        .map_err(|_| LinkError::HandshakeTimeout(HANDSHAKE_TIMEOUT))
+                        .and_then(|result| result);
+                        (remote, result)
+                    });
+                }
+                Err(error) => {
+                    if let Some(suppressed) = warnings.admit(Instant::now()) {
+                        tracing::warn!(suppressed, "accepting a peer connection failed: {error}");
+                    }
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+            Some((remote, result)) = handshakes.next(), if !handshakes.is_empty() => match result {
+                Ok((by, node, _)) => {
+                    tracing::info!(node, by, %remote, "the cluster introduced this node");
+                    return Ok(Introduction { node, by });
+                }
+                Err(error) => {
+                    if let Some(suppressed) = warnings.admit(Instant::now()) {
+                        tracing::warn!(%remote, suppressed, "peer connection refused: {error}");
+                    }
+                }
+            },
         }
     }
 }

@@ -274,6 +274,19 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     me: u64,
     may_dial: impl Fn(u64) -> bool,
 ) -> Result<(u64, Session), LinkError> {
+    respond_to(stream, keys, |from, to| to == me && may_dial(from))
+        .await
+        .map(|(from, _, session)| (from, session))
+}
+
+/// The responder's side with the hello's check left to `admit(from, to)`: a node that does not
+/// know its own id yet (joining) learns it as the `to` of an authenticated hello. Returns the
+/// peer's id, the id the peer addressed, and the session.
+pub(crate) async fn respond_to<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    keys: &Keys,
+    admit: impl Fn(u64, u64) -> bool,
+) -> Result<(u64, u64, Session), LinkError> {
     let mut handshake = keys
         .builder()
         .and_then(Builder::build_responder)
@@ -285,7 +298,8 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         .read_message(&message[..length], &mut payload)
         .map_err(LinkError::Handshake)?;
     let hello = decode_hello(&payload[..payload_length])?;
-    if hello.to != me || !may_dial(hello.from) {
+    let me = hello.to;
+    if !admit(hello.from, hello.to) {
         return Err(LinkError::UnexpectedPeer {
             from: hello.from,
             to: hello.to,
@@ -318,6 +332,7 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     }
     Ok((
         hello.from,
+        me,
         Session {
             next_receive: 1,
             ..session

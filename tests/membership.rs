@@ -1,0 +1,369 @@
+//! Membership changes for real: four `vipgate node` processes in a namespace lab; one is removed
+//! (its VIP moves away first and its daemon stops), added back under a new pnn with
+//! `vipgate node add` + `vipgate node --join` (it learns its pnn from the cluster, catches up and
+//! takes its share of the VIPs), and another node's cluster address is changed with
+//! `vipgate node set-address` and then its old address deleted — while a sampler checks every
+//! 20 ms that no VIP is ever configured on two nodes. Needs root.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a panic is how a test reports a failure"
+)]
+#![allow(
+    clippy::zombie_processes,
+    reason = "node daemons are stopped by the lab's teardown"
+)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use vipgate::lab::{Lab, cluster};
+
+const NODES: [&str; 4] = ["node1", "node2", "node3", "node4"];
+const VIPGATE: &str = env!("CARGO_BIN_EXE_vipgate");
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn holders(lab: &Lab) -> BTreeMap<IpAddr, Vec<&'static str>> {
+    let mut holders: BTreeMap<IpAddr, Vec<&'static str>> = cluster::vip_addresses()
+        .into_iter()
+        .map(|vip| (vip, Vec::new()))
+        .collect();
+    for node in NODES {
+        let Ok(addresses) = lab.addresses(node) else {
+            continue;
+        };
+        for address in addresses {
+            if let Some(list) = holders.get_mut(&address.address.addr()) {
+                list.push(node);
+            }
+        }
+    }
+    holders
+}
+
+fn held_by(lab: &Lab, node: &str) -> usize {
+    holders(lab)
+        .values()
+        .filter(|nodes| nodes.contains(&node))
+        .count()
+}
+
+/// Every VIP on exactly one node, and every one of `nodes` holding one (4 VIPs).
+fn one_each(lab: &Lab, nodes: &[&str]) -> bool {
+    let holders = holders(lab);
+    holders.values().all(|holders| holders.len() == 1)
+        && nodes.iter().all(|node| held_by(lab, node) >= 1)
+}
+
+/// Records every instant at which a VIP is on two nodes.
+struct Sampler<'a> {
+    lab: &'a Lab,
+    stop: AtomicBool,
+    duplicates: Mutex<Vec<(Duration, IpAddr, Vec<&'static str>)>>,
+}
+
+impl Sampler<'_> {
+    fn run(&self) {
+        let start = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            for (vip, nodes) in holders(self.lab) {
+                if nodes.len() > 1 {
+                    self.duplicates
+                        .lock()
+                        .unwrap()
+                        .push((start.elapsed(), vip, nodes));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct StopOnDrop<'s, 'a>(&'s Sampler<'a>);
+
+impl Drop for StopOnDrop<'_, '_> {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `vipgate ARGS` on `host`; returns (exit code, stdout, stderr).
+fn vipgate(lab: &Lab, host: &str, args: &[&str]) -> (i32, String, String) {
+    let output = lab
+        .command(host, VIPGATE)
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn succeeds(lab: &Lab, host: &str, args: &[&str]) -> String {
+    let (code, stdout, stderr) = vipgate(lab, host, args);
+    assert_eq!(
+        code,
+        0,
+        "vipgate {args:?} on {host}: {stdout}{stderr}\n{}",
+        logs(lab)
+    );
+    stdout
+}
+
+fn fails(lab: &Lab, host: &str, args: &[&str], expected: &str) {
+    let (code, stdout, stderr) = vipgate(lab, host, args);
+    assert_eq!(code, 1, "vipgate {args:?} on {host}: {stdout}{stderr}");
+    assert!(
+        stderr.contains(expected),
+        "vipgate {args:?}: {stderr:?} does not say {expected:?}"
+    );
+}
+
+fn status(lab: &Lab, host: &str) -> serde_json::Value {
+    serde_json::from_str(&succeeds(lab, host, &["status", "--json"])).unwrap()
+}
+
+/// The `status --json` entry of `name` as `host` sees it.
+fn node_entry(lab: &Lab, host: &str, name: &str) -> Option<serde_json::Value> {
+    status(lab, host)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|node| node["name"] == name)
+        .cloned()
+}
+
+fn ok_everywhere(lab: &Lab, hosts: &[&str], name: &str) -> bool {
+    hosts.iter().all(|host| {
+        node_entry(lab, host, name).is_some_and(|node| {
+            node["flags"]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|flag| flag == false)
+        })
+    })
+}
+
+fn logs(lab: &Lab) -> String {
+    NODES
+        .iter()
+        .map(|node| {
+            let text =
+                std::fs::read_to_string(cluster::log_path(lab.name(), node)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            format!(
+                "--- {node} ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn cluster_address(lab: &Lab, host: &str) -> IpAddr {
+    lab.plan()
+        .host(host)
+        .unwrap()
+        .address(vipgate::lab::Network::Cluster, false)
+        .unwrap()
+}
+
+#[test]
+fn nodes_are_removed_added_and_readdressed_at_runtime() {
+    if !common::root_or_skip("nodes_are_removed_added_and_readdressed_at_runtime") {
+        return;
+    }
+    let lab = common::lab("m", 4, 0);
+    lab.start_cluster(Path::new(VIPGATE)).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || one_each(&lab, &NODES)),
+        "the cluster never hosted one VIP per node: {:?}\n{}",
+        holders(&lab),
+        logs(&lab)
+    );
+    let sampler = Sampler {
+        lab: &lab,
+        stop: AtomicBool::new(false),
+        duplicates: Mutex::new(Vec::new()),
+    };
+    std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&sampler);
+        scope.spawn(|| sampler.run());
+        let node4 = cluster_address(&lab, "node4").to_string();
+
+        // Refusals, with the reason.
+        fails(
+            &lab,
+            "node1",
+            &["node", "remove", "node1"],
+            "run `vipgate node remove node1` on another node",
+        );
+        fails(
+            &lab,
+            "node1",
+            &["node", "remove", "node9"],
+            "no node \"node9\"",
+        );
+        fails(
+            &lab,
+            "node1",
+            &["node", "add", "node2", "198.51.100.50"],
+            "already a node \"node2\"",
+        );
+        fails(
+            &lab,
+            "node1",
+            &["node", "add", "node5", &node4],
+            "already the cluster address of node4",
+        );
+        fails(
+            &lab,
+            "node1",
+            &["node", "add", "Node5", "198.51.100.50"],
+            "not a valid node name",
+        );
+
+        // Remove node4: its VIP moves to the others first, then it leaves and stops.
+        let removed = succeeds(&lab, "node1", &["node", "remove", "node4"]);
+        assert!(removed.contains("node4 (pnn 3) was removed"), "{removed}");
+        assert_eq!(held_by(&lab, "node4"), 0);
+        assert!(
+            common::wait_until(DEADLINE, || one_each(&lab, &NODES[..3])),
+            "{:?}",
+            holders(&lab)
+        );
+        assert!(
+            common::wait_until(DEADLINE, || lab.node_daemon("node4").unwrap().is_none()),
+            "the removed node's daemon did not stop\n{}",
+            logs(&lab)
+        );
+        for host in &NODES[..3] {
+            assert!(
+                node_entry(&lab, host, "node4").is_none(),
+                "{host} still lists node4"
+            );
+        }
+
+        // Add it back: it gets a new pnn (4; 3 is never reused), learns it from the cluster when
+        // started with --join, and takes a VIP.
+        std::fs::remove_dir_all(cluster::data_dir(lab.name(), "node4")).unwrap();
+        let added = succeeds(&lab, "node2", &["node", "add", "node4", &node4]);
+        assert!(added.contains("node4 is pnn 4"), "{added}");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(cluster::log_path(lab.name(), "node4"))
+            .unwrap();
+        let mut command = lab.command("node4", VIPGATE).unwrap();
+        command
+            .args(["node", "--name", "node4", "--join"])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        lab.spawn("node4", command).unwrap();
+        assert!(
+            common::wait_until(Duration::from_secs(20), || ok_everywhere(
+                &lab, &NODES, "node4"
+            )),
+            "node4 did not join: {}\n{}",
+            status(&lab, "node1"),
+            logs(&lab)
+        );
+        assert_eq!(node_entry(&lab, "node1", "node4").unwrap()["pnn"], 4);
+        assert_eq!(status(&lab, "node4")["this_node"], 4);
+        assert!(
+            common::wait_until(Duration::from_secs(20), || one_each(&lab, &NODES)),
+            "the new node got no VIP: {:?}\n{}",
+            holders(&lab),
+            logs(&lab)
+        );
+
+        // Give node3 a second cluster address, move it there, then delete the old one: the
+        // cluster reaches node3 at the new address only.
+        let old = cluster_address(&lab, "node3");
+        let new = "198.51.100.113";
+        let add = lab
+            .command("node3", "ip")
+            .unwrap()
+            .args(["addr", "add", &format!("{new}/24"), "dev", "clu0"])
+            .status()
+            .unwrap();
+        assert!(add.success());
+        // Deleting a primary address deletes the secondaries of its subnet unless they are
+        // promoted: keep the new one.
+        let promote = lab
+            .command("node3", "sysctl")
+            .unwrap()
+            .args(["-qw", "net.ipv4.conf.clu0.promote_secondaries=1"])
+            .status()
+            .unwrap();
+        assert!(promote.success());
+        let moved = succeeds(&lab, "node1", &["node", "set-address", "node3", new]);
+        assert!(moved.contains(&format!("node3 is at {new}")), "{moved}");
+        let del = lab
+            .command("node3", "ip")
+            .unwrap()
+            .args(["addr", "del", &format!("{old}/24"), "dev", "clu0"])
+            .status()
+            .unwrap();
+        assert!(del.success());
+        assert!(
+            common::wait_until(DEADLINE, || NODES.iter().all(|host| {
+                node_entry(&lab, host, "node3").is_some_and(|node| node["cluster_address"] == new)
+            }) && ok_everywhere(&lab, &NODES, "node3")),
+            "node3 is not reached at {new}: {}\n{}\n{}",
+            status(&lab, "node1"),
+            logs(&lab),
+            std::fs::read_to_string(cluster::log_path(lab.name(), "node3"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("transport") || l.contains("daemon"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        // Raft and leases work over the new address: a VIP can be moved onto node3.
+        let vip = holders(&lab)
+            .into_iter()
+            .find(|(_, nodes)| nodes.as_slice() != ["node3"])
+            .unwrap()
+            .0
+            .to_string();
+        // The deleted address took the old connections with it; the cluster may hold an
+        // election meanwhile, so the move is retried until the cluster takes it.
+        assert!(
+            common::wait_until(DEADLINE, || vipgate(
+                &lab,
+                "node1",
+                &["moveip", &vip, "node3"]
+            )
+            .0 == 0),
+            "moveip to node3 never succeeded\n{}",
+            logs(&lab)
+        );
+        assert!(
+            common::wait_until(DEADLINE, || holders(&lab)[&vip.parse::<IpAddr>().unwrap()]
+                == ["node3"]),
+            "{:?}",
+            holders(&lab)
+        );
+    });
+    let duplicates = sampler.duplicates.lock().unwrap();
+    assert!(
+        duplicates.is_empty(),
+        "a VIP was on two nodes {} times; first: {:?}",
+        duplicates.len(),
+        duplicates.first()
+    );
+    drop(duplicates);
+    lab.teardown().unwrap();
+}
