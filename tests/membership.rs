@@ -160,7 +160,7 @@ fn logs(lab: &Lab) -> String {
         .map(|node| {
             let text =
                 std::fs::read_to_string(cluster::log_path(lab.name(), node)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
             format!(
                 "--- {node} ---\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -317,6 +317,21 @@ fn nodes_are_removed_added_and_readdressed_at_runtime() {
             .status()
             .unwrap();
         assert!(del.success());
+        // The links moved to the new address before the old one went, so node3 keeps its
+        // lease and its VIP: it never goes silent (links die after 2 s of silence, and a lease
+        // ends soon after).
+        let held = held_by(&lab, "node3");
+        assert!(held > 0);
+        let watch_until = std::time::Instant::now() + Duration::from_secs(4);
+        while std::time::Instant::now() < watch_until {
+            assert_eq!(
+                held_by(&lab, "node3"),
+                held,
+                "node3's VIPs changed after its old address was deleted\n{}",
+                logs(&lab)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(
             common::wait_until(DEADLINE, || NODES.iter().all(|host| {
                 node_entry(&lab, host, "node3").is_some_and(|node| node["cluster_address"] == new)
@@ -353,8 +368,9 @@ fn nodes_are_removed_added_and_readdressed_at_runtime() {
         assert!(
             common::wait_until(DEADLINE, || holders(&lab)[&vip.parse::<IpAddr>().unwrap()]
                 == ["node3"]),
-            "{:?}",
-            holders(&lab)
+            "{vip} never reached node3: {:?}\n{}",
+            holders(&lab),
+            logs(&lab)
         );
     });
     let duplicates = sampler.duplicates.lock().unwrap();

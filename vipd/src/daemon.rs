@@ -54,6 +54,10 @@ pub enum DaemonError {
     Setup(String),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error("cannot start the peer transport")]
+    Transport(#[source] crate::transport::TransportError),
+    #[error("cannot wait for the cluster to contact this node")]
+    Join(#[source] crate::transport::TransportError),
 }
 
 /// What `vipgate node` was asked to run.
@@ -311,7 +315,7 @@ pub async fn run(
             );
             let introduction = tokio::select! {
                 introduction = crate::transport::learn_identity(listen, &secret, &config.cluster.name) => {
-                    introduction.map_err(|error| DaemonError::Setup(format!("cannot wait for the cluster: {error}")))?
+                    introduction.map_err(DaemonError::Join)?
                 }
                 () = &mut shutdown => return Ok(()),
             };
@@ -400,7 +404,7 @@ pub async fn run(
         idle_timeout: config.timings.lease.max(Duration::from_secs(2)),
     })
     .await
-    .map_err(|error| DaemonError::Setup(format!("cannot start the peer transport: {error}")))?;
+    .map_err(DaemonError::Transport)?;
     let mut listening_on = listen;
 
     let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(

@@ -517,6 +517,73 @@ async fn set_peers_follows_moved_and_removed_peers() {
     }
 }
 
+/// Established TCP connections of this network namespace with `address` at either end.
+fn connections_with(address: std::net::Ipv4Addr) -> usize {
+    // /proc/net/tcp writes an IPv4 address as the hex of its bytes in memory order.
+    let hex = format!("{:08X}", u32::from_le_bytes(address.octets()));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Field 3 is the state; 01 is ESTABLISHED.
+            fields.get(3) == Some(&"01") && [1, 2].iter().any(|&at| fields[at].starts_with(&hex))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_node_takes_its_links_to_the_new_address_without_dropping_them() {
+    // Node 2 dials node 3 and is dialled by node 1. It moves from 127.0.0.2 to 127.0.0.4.
+    let listen = |ip: &str| format!("{ip}:0").parse::<SocketAddr>().unwrap();
+    let old_ip = "127.0.0.2".parse().unwrap();
+    let mut nodes = start_cluster(vec![
+        config(1, listen("127.0.0.1")),
+        config(2, listen("127.0.0.2")),
+        config(3, listen("127.0.0.3")),
+    ])
+    .await;
+    wait_connected(&mut nodes[0], 2).await;
+    wait_connected(&mut nodes[2], 2).await;
+    assert!(connections_with(old_ip) > 0);
+    for node in &mut nodes {
+        node.forget();
+    }
+
+    let new_address = nodes[1]
+        .transport
+        .rebind(listen("127.0.0.4"))
+        .await
+        .unwrap();
+    // Node 3 (dialled by node 2) sees node 2 dial again, from its new address.
+    wait_connected(&mut nodes[2], 2).await;
+    // Node 1 dials node 2 at the new address once it learns it.
+    let peers_of_1 = BTreeMap::from([(2, new_address), (3, nodes[2].transport.local_addr())]);
+    nodes[0].transport.set_peers(peers_of_1);
+    wait_connected(&mut nodes[0], 2).await;
+    let deadline = Instant::now() + DEADLINE;
+    while connections_with(old_ip) > 0 {
+        assert!(Instant::now() < deadline, "links still use the old address");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The links moved over, make before break: nobody saw node 2 unreachable.
+    for index in [0, 2] {
+        let id = nodes[index].id;
+        let down = nodes[index]
+            .history()
+            .any(|event| *event == Event::Unreachable { peer: 2 });
+        assert!(!down, "node {id} lost node 2 during the move");
+    }
+    let (left, right) = nodes.split_at_mut(1);
+    deliver(&left[0], &mut right[0], b"over the new path").await;
+    let (two, three) = right.split_at_mut(1);
+    deliver(&three[0], &mut two[0], b"and this one").await;
+    for node in nodes {
+        node.transport.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_the_receivers_limit_drops_the_link_which_then_recovers() {
     let mut small = config(2, loopback());
@@ -870,9 +937,9 @@ async fn a_node_whose_address_changes_rebinds_and_is_reached_there() {
     let old = nodes[1].transport.local_addr();
     let new = nodes[1].transport.rebind(loopback()).await.unwrap();
     assert_ne!(old, new);
-    // The old address no longer answers, but the link that is up stays up: over it the moved
-    // node may be hearing of its own move.
-    assert!(TcpStream::connect(old).await.is_err());
+    // The old address still answers, for peers that have not heard of the move yet, and the
+    // link that is up stays up: over it the moved node may be hearing of its own move.
+    assert!(TcpStream::connect(old).await.is_ok());
     nodes[0].transport.set_peers(BTreeMap::from([(2, new)]));
     {
         let (left, right) = nodes.split_at_mut(1);
@@ -889,6 +956,12 @@ async fn a_node_whose_address_changes_rebinds_and_is_reached_there() {
         .set_peers(BTreeMap::from([(1, restarted.transport.local_addr())]));
     wait_connected(&mut restarted, 2).await;
     deliver(&nodes[0], &mut restarted, b"at the new address").await;
+    // A second move retires the first address for good.
+    let newer = nodes[0].transport.rebind(loopback()).await.unwrap();
+    assert!(TcpStream::connect(old).await.is_err());
+    assert!(TcpStream::connect(new).await.is_ok());
+    restarted.transport.set_peers(BTreeMap::from([(2, newer)]));
+    deliver(&nodes[0], &mut restarted, b"at the newer address").await;
     restarted.transport.shutdown().await;
     for node in nodes {
         node.transport.shutdown().await;

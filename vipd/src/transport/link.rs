@@ -6,13 +6,13 @@
 //! Reader and writer of a connection are two futures of this one task sharing the session's
 //! ciphers by reference, so aborting the task closes the connection at once.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -28,6 +28,8 @@ use super::{Event, LinkError, Shared};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a handshake may take, on either side.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a connection we moved off stays open for the peer to switch over.
+const LINGER: Duration = Duration::from_secs(2);
 /// First delay before redialling; doubles per failure.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
 /// Longest delay between dial attempts, so a restarted peer is back within about this long.
@@ -147,8 +149,21 @@ impl Link {
                 Ok(established) => {
                     backoff.reset();
                     failures_in_a_row = 0;
-                    if let Ended::Lost(error) = self.serve(established).await {
-                        self.log_loss(address, &error, &mut warnings);
+                    let mut next = Some(established);
+                    while let Some(established) = next.take() {
+                        let remote = established.remote;
+                        match self.serve(established, Some(current)).await {
+                            Ended::Replaced(newer) => {
+                                tracing::info!(
+                                    peer = self.peer,
+                                    old = %remote,
+                                    new = %newer.remote,
+                                    "moved the link to a new path"
+                                );
+                                next = Some(newer);
+                            }
+                            Ended::Lost(error) => self.log_loss(remote, &error, &mut warnings),
+                        }
                     }
                 }
                 Err(error) => {
@@ -177,7 +192,7 @@ impl Link {
         };
         while let Some(established) = next.take() {
             let remote = established.remote;
-            match self.serve(established).await {
+            match self.serve(established, None).await {
                 Ended::Replaced(newer) => {
                     tracing::info!(
                         peer = self.peer,
@@ -197,25 +212,17 @@ impl Link {
     }
 
     async fn dial(&self, address: SocketAddr) -> Result<Established, LinkError> {
-        let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
-            .await
-            .map_err(|_| LinkError::ConnectTimeout(CONNECT_TIMEOUT))??;
-        stream.set_nodelay(true)?;
-        let session = timeout(
-            HANDSHAKE_TIMEOUT,
-            noise::initiate(&mut stream, &self.shared.keys, self.shared.me, self.peer),
-        )
-        .await
-        .map_err(|_| LinkError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
-        Ok(Established {
-            stream,
-            session,
-            remote: address,
-        })
+        dial(&self.shared, self.peer, address).await
     }
 
-    /// Runs one connection until it fails or (acceptor side) a newer one arrives.
-    async fn serve(&mut self, established: Established) -> Ended {
+    /// Runs one connection until it fails, or a newer one replaces it: on the acceptor side the
+    /// peer dialled again; on the dialler side (`dialled` is the peer's address) our address or
+    /// the peer's moved and a connection between the new addresses is up.
+    async fn serve(
+        &mut self,
+        established: Established,
+        dialled: Option<&Mutex<SocketAddr>>,
+    ) -> Ended {
         let Established {
             mut stream,
             session,
@@ -232,17 +239,30 @@ impl Link {
             .send(Event::Connected { peer: self.peer })
             .await;
 
+        let source = stream.local_addr().map(|local| local.ip()).ok();
         let (read_half, mut write_half) = stream.split();
         let mut reader = BufReader::with_capacity(2 + NOISE_MESSAGE_MAX, read_half);
         let (sealer, opener) = session.split();
         let keepalive = (self.shared.idle_timeout / 3).min(KEEPALIVE_MAX);
         let reading = read_records(&mut reader, opener, self.peer, &self.shared);
         let writing = write_records(&mut write_half, sealer, &mut self.queue, keepalive);
-        tokio::select! {
-            error = reading => Ended::Lost(error),
-            error = writing => Ended::Lost(error),
-            Some(newer) = self.incoming.recv() => Ended::Replaced(newer),
-        }
+        let moving = async {
+            match dialled {
+                Some(dialled) => {
+                    follow_moves(&self.shared, self.peer, dialled, remote, source).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let moved = tokio::select! {
+            error = reading => return Ended::Lost(error),
+            error = writing => return Ended::Lost(error),
+            Some(newer) = self.incoming.recv() => return Ended::Replaced(newer),
+            newer = moving => newer,
+        };
+        drop(reader);
+        self.shared.linger(stream);
+        Ended::Replaced(moved)
     }
 
     /// The link is down: later sends are dropped at once, queued ones are dropped now, and the
@@ -266,6 +286,92 @@ impl Link {
                 suppressed,
                 "link lost: {error}"
             );
+        }
+    }
+}
+
+/// Keeps a connection we moved off open until the peer closes it (it does once it has the
+/// new one) or [`LINGER`] passes, so that it never sees the old one end before the new one
+/// arrives and takes the link for lost.
+pub(crate) async fn linger(mut stream: TcpStream) {
+    let mut sink = [0u8; 4096];
+    let _ = timeout(LINGER, async {
+        while let Ok(1..) = stream.read(&mut sink).await {}
+    })
+    .await;
+}
+
+/// Connects to `address` from our cluster address (when it is a specific one of the same
+/// family) and runs the initiator's handshake.
+async fn dial(shared: &Shared, peer: u64, address: SocketAddr) -> Result<Established, LinkError> {
+    let source = shared.source();
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if !source.is_unspecified() && source.is_ipv4() == address.is_ipv4() {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let mut stream = timeout(CONNECT_TIMEOUT, socket.connect(address))
+        .await
+        .map_err(|_| LinkError::ConnectTimeout(CONNECT_TIMEOUT))??;
+    stream.set_nodelay(true)?;
+    let session = timeout(
+        HANDSHAKE_TIMEOUT,
+        noise::initiate(&mut stream, &shared.keys, shared.me, peer),
+    )
+    .await
+    .map_err(|_| LinkError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
+    Ok(Established {
+        stream,
+        session,
+        remote: address,
+    })
+}
+
+/// Whether a dialled connection from `source` to `remote` still runs between the addresses
+/// the link wants: the peer's current address, from our current one.
+fn on_current_path(
+    remote: SocketAddr,
+    source: Option<IpAddr>,
+    wanted_remote: SocketAddr,
+    wanted_source: IpAddr,
+) -> bool {
+    remote == wanted_remote
+        && (wanted_source.is_unspecified()
+            || wanted_source.is_ipv4() != remote.is_ipv4()
+            || source.is_none_or(|source| source == wanted_source))
+}
+
+/// Resolves once a connection on the current path is up, for a dialled connection that ran
+/// from `source` to `remote` when our address or the peer's has moved since. The old
+/// connection keeps serving meanwhile: the peer may learn of its move only through it, and a
+/// peer that has not moved its listener yet refuses the new dial (retried with backoff).
+async fn follow_moves(
+    shared: &Shared,
+    peer: u64,
+    dialled: &Mutex<SocketAddr>,
+    remote: SocketAddr,
+    source: Option<IpAddr>,
+) -> Established {
+    let mut paths = shared.paths.subscribe();
+    let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_CAP);
+    loop {
+        let wanted = *dialled.lock().unwrap_or_else(PoisonError::into_inner);
+        if on_current_path(remote, source, wanted, shared.source()) {
+            backoff.reset();
+            if paths.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            continue;
+        }
+        match dial(shared, peer, wanted).await {
+            Ok(established) => return established,
+            Err(error) => {
+                tracing::debug!(peer, address = %wanted, "cannot reach a moved peer yet: {error}");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
         }
     }
 }
@@ -380,6 +486,47 @@ async fn write_record<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dialled_connection_is_on_the_current_path_while_neither_end_moved() {
+        let at = |text: &str| text.parse::<SocketAddr>().unwrap();
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let peer = at("10.0.0.2:4380");
+        // (connection's remote, its source, wanted remote, our address now, on the path)
+        let table = [
+            (peer, Some(ip("10.0.0.1")), peer, ip("10.0.0.1"), true),
+            // The peer moved.
+            (
+                peer,
+                Some(ip("10.0.0.1")),
+                at("10.0.0.12:4380"),
+                ip("10.0.0.1"),
+                false,
+            ),
+            (
+                peer,
+                Some(ip("10.0.0.1")),
+                at("10.0.0.2:4381"),
+                ip("10.0.0.1"),
+                false,
+            ),
+            // We moved.
+            (peer, Some(ip("10.0.0.1")), peer, ip("10.0.0.11"), false),
+            // We listen on a wildcard: the kernel picks the source, any is right.
+            (peer, Some(ip("10.0.0.1")), peer, ip("0.0.0.0"), true),
+            // Our address is of the other family: no source can match, none is bound.
+            (peer, Some(ip("10.0.0.1")), peer, ip("fd00::1"), true),
+            // The source could not be read: only the remote counts.
+            (peer, None, peer, ip("10.0.0.11"), true),
+        ];
+        for (remote, source, wanted, ours, expected) in table {
+            assert_eq!(
+                on_current_path(remote, source, wanted, ours),
+                expected,
+                "{remote} from {source:?}, wanted {wanted} from {ours}"
+            );
+        }
+    }
 
     #[test]
     fn unreachable_is_reported_once_per_episode() {

@@ -46,7 +46,13 @@
 //! [`Transport::start`] binds the listener and returns the handle with the receiver of
 //! [`Event`]s; [`Transport::send`] never waits; [`Transport::set_peers`] follows membership;
 //! [`Transport::rebind`] follows a change of this node's own address; [`Transport::shutdown`]
-//! stops everything. A node joining a running cluster first calls [`learn_identity`]: the
+//! stops everything.
+//!
+//! Dials leave from this node's cluster address, so a connection always runs between the two
+//! nodes' current addresses. When either moves, the dialer opens a connection on the new path
+//! while the old one keeps serving, and switches once the new one is up (make before break);
+//! the old one stays open until the acceptor has taken the new one. So a node whose address
+//! changes keeps its links, and deleting its old address afterwards cuts nothing. A node joining a running cluster first calls [`learn_identity`]: the
 //! members dial it (its id is the highest) and their authenticated hello tells it its id.
 
 mod link;
@@ -57,7 +63,7 @@ mod wire;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -65,7 +71,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use link::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT};
@@ -197,6 +203,15 @@ pub(crate) struct Shared {
     max_message: usize,
     idle_timeout: Duration,
     peers: Mutex<Peers>,
+    /// Our cluster address (the listener's IP): dials leave from it, so that every connection
+    /// follows a move of this node's address (unspecified: the kernel picks).
+    source: Mutex<IpAddr>,
+    /// Bumped whenever a path may have changed (our address, or a peer's): dialler links whose
+    /// connection no longer runs between the current addresses dial a new one and switch to it
+    /// once it is up (make before break).
+    paths: watch::Sender<u64>,
+    /// Connections a link moved off, kept open briefly ([`link::linger`]); stopped at shutdown.
+    lingering: Mutex<Vec<Task>>,
 }
 
 #[derive(Debug, Default)]
@@ -240,6 +255,24 @@ impl Drop for Task {
 }
 
 impl Shared {
+    fn source(&self) -> IpAddr {
+        *self.source.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn linger(&self, stream: TcpStream) {
+        let mut lingering = self
+            .lingering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        lingering.retain(|task| task.0.as_ref().is_some_and(|handle| !handle.is_finished()));
+        lingering.push(Task(Some(tokio::spawn(link::linger(stream)))));
+    }
+
+    fn paths_changed(&self) {
+        self.paths
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
     fn peers(&self) -> MutexGuard<'_, Peers> {
         // A panic while holding the lock cannot leave the map half-changed (every change is
         // one insert or remove), so a poisoned lock is still good.
@@ -275,8 +308,16 @@ pub struct Transport {
 struct Inner {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
-    listener: Mutex<Option<Task>>,
+    listener: Mutex<Listeners>,
     runtime: Handle,
+}
+
+/// The accept loops: the current one, and the one of our previous address after a move, which
+/// keeps taking dials from peers that have not heard of the move yet.
+#[derive(Debug, Default)]
+struct Listeners {
+    current: Option<Task>,
+    previous: Option<Task>,
 }
 
 impl Drop for Inner {
@@ -323,6 +364,9 @@ impl Transport {
             max_message: config.max_message,
             idle_timeout: config.idle_timeout,
             peers: Mutex::new(Peers::default()),
+            source: Mutex::new(local_addr.ip()),
+            paths: watch::Sender::new(0),
+            lingering: Mutex::new(Vec::new()),
         });
         let runtime = Handle::current();
         let listener_task = Task(Some(runtime.spawn(accept_loop(listener, shared.clone()))));
@@ -330,7 +374,10 @@ impl Transport {
             inner: Arc::new(Inner {
                 shared,
                 local_addr,
-                listener: Mutex::new(Some(listener_task)),
+                listener: Mutex::new(Listeners {
+                    current: Some(listener_task),
+                    previous: None,
+                }),
                 runtime,
             }),
         };
@@ -387,6 +434,7 @@ impl Transport {
             return;
         }
         let me = shared.me;
+        let mut moved = false;
         current.entries.retain(|id, entry| {
             // A peer with a lower id dials us, so where it lives does not matter to its link.
             let Some(address) = peers.get(id) else {
@@ -395,8 +443,9 @@ impl Transport {
                 return false;
             };
             if *address != entry.address {
-                // A connection that is up stays up: the peer may hear of its own move only
-                // through it. The next dial goes to the new address.
+                // The link dials the new address while the connection that is up keeps
+                // serving (the peer may hear of its own move only through it), and switches
+                // once the new one is up.
                 if *id > me {
                     tracing::info!(peer = id, old = %entry.address, new = %address, "peer moved");
                 }
@@ -404,6 +453,7 @@ impl Transport {
                     *dial_address.lock().unwrap_or_else(PoisonError::into_inner) = *address;
                 }
                 entry.address = *address;
+                moved = true;
             }
             true
         });
@@ -440,16 +490,33 @@ impl Transport {
                 },
             );
         }
+        drop(current);
+        if moved {
+            shared.paths_changed();
+        }
     }
 
     /// Moves the listener to `listen` (this node's cluster address changed): binds the new
-    /// address first, then stops the old listener. Links keep running; peers that dial us reach
-    /// the new address once they learn it.
+    /// address, keeps the previous listener for peers that have not heard of the move yet
+    /// (stopping the one before it), and has every dialler link move its connection to the new
+    /// source address, make before break. Links that peers dialled move when those peers learn
+    /// the new address and dial it.
     pub async fn rebind(&self, listen: SocketAddr) -> Result<SocketAddr, TransportError> {
         let bind_error = |source| TransportError::Bind {
             address: listen,
             source,
         };
+        // The listener before the current one may hold `listen` (a move back): it goes first.
+        let retired = self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .previous
+            .take();
+        if let Some(retired) = retired {
+            retired.stop().await;
+        }
         let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         let task = Task(Some(
@@ -457,21 +524,24 @@ impl Transport {
                 .runtime
                 .spawn(accept_loop(listener, self.inner.shared.clone())),
         ));
-        let old = {
-            let mut slot = self
+        {
+            let mut listeners = self
                 .inner
                 .listener
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if self.inner.shared.peers().closed {
-                None
-            } else {
-                slot.replace(task)
+                return Ok(local_addr);
             }
-        };
-        if let Some(old) = old {
-            old.stop().await;
+            listeners.previous = listeners.current.replace(task);
         }
+        *self
+            .inner
+            .shared
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = local_addr.ip();
+        self.inner.shared.paths_changed();
         tracing::info!(address = %local_addr, "transport listening on a new address");
         Ok(local_addr)
     }
@@ -479,19 +549,34 @@ impl Transport {
     /// Stops every task and closes every socket before returning. Clones of this handle stay
     /// valid but inert: their sends report `Unreachable`.
     pub async fn shutdown(self) {
-        let listener = self
-            .inner
-            .listener
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let listeners = std::mem::take(
+            &mut *self
+                .inner
+                .listener
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let entries = {
             let mut peers = self.inner.shared.peers();
             peers.closed = true;
             std::mem::take(&mut peers.entries)
         };
-        if let Some(listener) = listener {
+        for listener in [listeners.current, listeners.previous]
+            .into_iter()
+            .flatten()
+        {
             listener.stop().await;
+        }
+        let lingering = std::mem::take(
+            &mut *self
+                .inner
+                .shared
+                .lingering
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for task in lingering {
+            task.stop().await;
         }
         for entry in entries.into_values() {
             entry.task.stop().await;
