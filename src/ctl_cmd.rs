@@ -676,9 +676,11 @@ mod tests {
             state,
             lease_left_ms: lease,
             connections: 0,
+            live: state == VipPhase::Held,
         };
         IpReport {
             this_node: 0,
+            live_serial: 0,
             ips: vec![
                 ip(
                     "192.0.2.101",
@@ -820,6 +822,7 @@ mod tests {
         );
         let single = IpReport {
             this_node: 0,
+            live_serial: 0,
             ips: ips().ips.into_iter().take(1).collect(),
         };
         assert_eq!(
@@ -831,6 +834,7 @@ mod tests {
             format_ips(
                 &IpReport {
                     this_node: 2,
+                    live_serial: 0,
                     ips: vec![]
                 },
                 false,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
-use vipd::control::{ClusterStatus, IpReport, Request, Response, VipPhase};
+use vipd::control::{Request, Response};
 
 use crate::{DEFAULT_CONFIG, Globals};
 
@@ -31,6 +31,8 @@ pub struct DnsArgs {
 pub struct DnsReport {
     pub zone: String,
     pub ttl: u32,
+    /// The SOA serial: it moves with every change of the answers.
+    pub serial: u32,
     /// The sockets the servers answer on (`0.0.0.0:53` is every IPv4 address).
     pub listen: Vec<String>,
     pub names: Vec<DnsNameReport>,
@@ -60,16 +62,20 @@ pub fn run(args: &DnsArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let (status, ips) = runtime.block_on(async {
-        let status = ask(globals, Request::Status).await?;
-        let ips = ask(globals, Request::Ip { all: true }).await?;
-        match (status, ips) {
-            (Response::Status(status), Response::Ips(ips)) => Ok((status, ips)),
+    let ips = runtime.block_on(async {
+        match ask(globals, Request::Ip { all: true }).await? {
+            Response::Ips(ips) => Ok(ips),
             other => bail!("the node answered something unexpected: {other:?}"),
         }
     })?;
     let zone = Arc::new(dns::Zone::new(section, &config.nodes));
-    let view = dns::View::new(zone, &live_vips(&status, &ips), 0);
+    let live: BTreeSet<IpAddr> = ips
+        .ips
+        .iter()
+        .filter(|ip| ip.live)
+        .map(|ip| ip.address)
+        .collect();
+    let view = dns::View::new(zone, &live, ips.live_serial);
     let report = report(&view, &section.listen);
     if globals.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -90,26 +96,11 @@ async fn ask(globals: &Globals, request: Request) -> anyhow::Result<Response> {
     }
 }
 
-/// The VIPs held by a node that is healthy, not fenced and not disabled.
-pub fn live_vips(status: &ClusterStatus, ips: &IpReport) -> BTreeSet<IpAddr> {
-    ips.ips
-        .iter()
-        .filter(|ip| ip.state == VipPhase::Held)
-        .filter(|ip| {
-            ip.owner
-                .and_then(|owner| status.nodes.iter().find(|node| node.pnn == owner))
-                .is_some_and(|node| {
-                    !node.flags.unhealthy && !node.flags.fenced && !node.flags.disabled
-                })
-        })
-        .map(|ip| ip.address)
-        .collect()
-}
-
 pub fn report(view: &dns::View, listen: &[std::net::SocketAddr]) -> DnsReport {
     DnsReport {
         zone: view.zone().apex().to_owned(),
         ttl: view.zone().ttl(),
+        serial: view.serial(),
         listen: listen.iter().map(ToString::to_string).collect(),
         names: view
             .names()
@@ -125,8 +116,9 @@ pub fn report(view: &dns::View, listen: &[std::net::SocketAddr]) -> DnsReport {
 /// The text form: a heading, then one aligned line per name.
 pub fn format_report(report: &DnsReport) -> String {
     let mut text = format!(
-        "zone {} (ttl {}s) on {}\n",
+        "zone {} (serial {}, ttl {}s) on {}\n",
         report.zone,
+        report.serial,
         report.ttl,
         report.listen.join(", ")
     );
@@ -157,93 +149,6 @@ pub fn format_report(report: &DnsReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vipd::control::{IpStatus, NodeFlags, NodeStatus};
-
-    fn node(pnn: u32, flags: NodeFlags) -> NodeStatus {
-        NodeStatus {
-            pnn,
-            name: format!("node{}", pnn + 1),
-            cluster_address: format!("198.51.100.{}", 11 + pnn).parse().unwrap(),
-            flags,
-            ban_left_secs: None,
-            failing_probes: Vec::new(),
-        }
-    }
-
-    fn ip(address: &str, owner: Option<u32>, state: VipPhase) -> IpStatus {
-        IpStatus {
-            address: address.parse().unwrap(),
-            prefix_len: 24,
-            owner,
-            owner_name: None,
-            interface: None,
-            epoch: 1,
-            state,
-            lease_left_ms: None,
-            connections: 0,
-        }
-    }
-
-    #[test]
-    fn live_means_held_by_a_healthy_unfenced_enabled_node() {
-        let status = ClusterStatus {
-            this_node: 0,
-            nodes: vec![
-                node(0, NodeFlags::default()),
-                node(
-                    1,
-                    NodeFlags {
-                        unhealthy: true,
-                        ..NodeFlags::default()
-                    },
-                ),
-                node(
-                    2,
-                    NodeFlags {
-                        fenced: true,
-                        ..NodeFlags::default()
-                    },
-                ),
-                node(
-                    3,
-                    NodeFlags {
-                        disabled: true,
-                        ..NodeFlags::default()
-                    },
-                ),
-                node(
-                    4,
-                    NodeFlags {
-                        disconnected: true,
-                        ..NodeFlags::default()
-                    },
-                ),
-            ],
-            leader: Some(0),
-            term: 1,
-            commit_index: 1,
-            applied_index: 1,
-        };
-        let ips = IpReport {
-            this_node: 0,
-            ips: vec![
-                ip("192.0.2.1", Some(0), VipPhase::Held),
-                ip("192.0.2.2", Some(0), VipPhase::Releasing),
-                ip("192.0.2.3", None, VipPhase::Unassigned),
-                ip("192.0.2.4", Some(1), VipPhase::Held),
-                ip("192.0.2.5", Some(2), VipPhase::Held),
-                ip("192.0.2.6", Some(3), VipPhase::Held),
-                // Disconnected from this node is not a state of the replicated live set.
-                ip("192.0.2.7", Some(4), VipPhase::Held),
-                ip("192.0.2.8", Some(9), VipPhase::Held),
-            ],
-        };
-        let live: Vec<String> = live_vips(&status, &ips)
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(live, ["192.0.2.1", "192.0.2.7"]);
-    }
 
     #[test]
     fn the_report_lists_every_name_and_its_answer() {
@@ -264,7 +169,7 @@ mod tests {
         let report = report(&dns::View::new(zone, &live, 3), &section.listen);
         assert_eq!(
             format_report(&report),
-            "zone vipgate.test (ttl 5s) on 0.0.0.0:53, [::]:53\n\
+            "zone vipgate.test (serial 3, ttl 5s) on 0.0.0.0:53, [::]:53\n\
              nfs.vipgate.test    service  192.0.2.202 2001:db8:0:1::201\n\
              smb.vipgate.test    service  192.0.2.202 2001:db8:0:1::201\n\
              node1.vipgate.test  node     192.0.2.11\n\
@@ -275,5 +180,6 @@ mod tests {
         assert_eq!(json["names"][0]["kind"], "service");
         assert_eq!(json["names"][0]["addresses"][1], "2001:db8:0:1::201");
         assert_eq!(json["listen"][1], "[::]:53");
+        assert_eq!(json["serial"], 3);
     }
 }

@@ -88,6 +88,7 @@ fn cluster() -> ClusterStatus {
 fn public_ips() -> IpReport {
     IpReport {
         this_node: 0,
+        live_serial: 0,
         ips: vec![
             IpStatus {
                 address: "192.0.2.101".parse().unwrap(),
@@ -99,6 +100,7 @@ fn public_ips() -> IpReport {
                 state: VipPhase::Held,
                 lease_left_ms: Some(1250),
                 connections: 0,
+                live: true,
             },
             IpStatus {
                 address: "192.0.2.102".parse().unwrap(),
@@ -110,6 +112,7 @@ fn public_ips() -> IpReport {
                 state: VipPhase::Unassigned,
                 lease_left_ms: None,
                 connections: 0,
+                live: false,
             },
         ],
     }

@@ -422,6 +422,14 @@ fn check_vipgate_dns(lab: &Lab, vips: &BTreeSet<IpAddr>) {
         .map(|address| address.as_str().unwrap().parse().unwrap())
         .collect();
     assert_eq!(&listed, vips);
+    // Its serial is the one the servers give out (nothing moved since the answers settled).
+    let soa = dig(lab, node_address(lab, "node1"), &["vipgate.test", "SOA"]);
+    let serial = soa
+        .answer
+        .first()
+        .and_then(|record| record.3.split_whitespace().nth(2).map(str::to_owned))
+        .unwrap();
+    assert_eq!(report["serial"].to_string(), serial, "{}", soa.text);
     let text = lab
         .command("node1", VIPGATE)
         .unwrap()

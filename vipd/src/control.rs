@@ -227,11 +227,14 @@ impl NodeFlags {
 
 /// `vipgate ip`: public IPs and their owners.
 ///
-/// JSON fields: `this_node` (pnn of the answering node), `ips` (array of [`IpStatus`]).
+/// JSON fields: `this_node` (pnn of the answering node), `ips` (array of [`IpStatus`]),
+/// `live_serial` (bumped by every change of the set of live IPs; the DNS zone's SOA serial).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpReport {
     pub this_node: u32,
     pub ips: Vec<IpStatus>,
+    #[serde(default)]
+    pub live_serial: u64,
 }
 
 /// One public IP.
@@ -239,7 +242,8 @@ pub struct IpReport {
 /// JSON fields: `address`, `prefix_len`, `owner` (pnn, `null` when unhosted), `owner_name`,
 /// `interface` (on the owner), `epoch` (bumped at every change of owner), `state` (`"held"`,
 /// `"releasing"`, `"unassigned"`), `lease_left_ms` (only when the answering node is the owner),
-/// `connections` (client connections known for tickles after a move).
+/// `connections` (client connections known for tickles after a move), `live` (held, configured
+/// in the owner's kernel, owner healthy, unfenced and enabled: what DNS answers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IpStatus {
     pub address: IpAddr,
@@ -252,6 +256,8 @@ pub struct IpStatus {
     pub lease_left_ms: Option<u64>,
     #[serde(default)]
     pub connections: u64,
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// Where a VIP stands. JSON: `"held"`, `"releasing"`, `"unassigned"`.
@@ -953,6 +959,7 @@ mod tests {
     fn every_response_round_trips_with_its_documented_tag() {
         let ips = IpReport {
             this_node: 0,
+            live_serial: 0,
             ips: vec![IpStatus {
                 address: "192.0.2.101".parse().unwrap(),
                 prefix_len: 24,
@@ -963,6 +970,7 @@ mod tests {
                 state: VipPhase::Releasing,
                 lease_left_ms: Some(1200),
                 connections: 0,
+                live: false,
             }],
         };
         let table = [

@@ -1233,8 +1233,10 @@ fn ips<S: LogStore>(core: &NodeCore<S>, all: bool) -> IpReport {
     let me = core.pnn();
     let state = core.state();
     let lease_left = duration_ms(core.lease_left());
+    let live = state.live_vips();
     IpReport {
         this_node: me,
+        live_serial: state.live_serial,
         ips: state
             .vips
             .iter()
@@ -1257,6 +1259,7 @@ fn ips<S: LogStore>(core: &NodeCore<S>, all: bool) -> IpReport {
                     .connections
                     .get(address)
                     .map_or(0, |known| known.len() as u64),
+                live: live.contains(address),
             })
             .collect(),
     }

@@ -487,25 +487,31 @@ impl<S: LogStore> NodeCore<S> {
     }
 
     /// Tells the core which VIPs the kernel has after the caller reconciled it; releases whose
-    /// address is gone are confirmed to the cluster.
+    /// address is gone, and assignments whose address is there, are confirmed to the cluster.
     pub fn kernel_has(&mut self, present: &BTreeSet<IpAddr>) {
         let me = self.settings.pnn;
-        let released: Vec<Command> = self
+        let confirmations: Vec<Command> = self
             .state
             .vips
             .iter()
-            .filter(|(address, vip)| {
-                vip.owner == Some(me)
-                    && vip.phase == VipPhase::Releasing
-                    && !present.contains(address)
-            })
-            .map(|(address, vip)| Command::Released {
-                vip: *address,
-                epoch: vip.epoch,
-                by: me,
+            .filter(|(_, vip)| vip.owner == Some(me))
+            .filter_map(|(address, vip)| match vip.phase {
+                VipPhase::Releasing if !present.contains(address) => Some(Command::Released {
+                    vip: *address,
+                    epoch: vip.epoch,
+                    by: me,
+                }),
+                VipPhase::Held if !vip.applied && present.contains(address) => {
+                    Some(Command::Applied {
+                        vip: *address,
+                        epoch: vip.epoch,
+                        by: me,
+                    })
+                }
+                _ => None,
             })
             .collect();
-        for command in released {
+        for command in confirmations {
             self.propose(command);
         }
     }

@@ -124,6 +124,10 @@ pub struct Vip {
     /// Its owner is where an operator sent it: rebalancing prefers to move other VIPs.
     #[serde(default)]
     pub operator_placed: bool,
+    /// The owner reported the address configured in its kernel for this epoch (`Applied`):
+    /// only then is the VIP live, so DNS never names an address before it answers.
+    #[serde(default)]
+    pub applied: bool,
 }
 
 /// A VIP as the configuration describes it.
@@ -200,6 +204,12 @@ pub enum Command {
         from: Pnn,
         generation: u64,
     },
+    /// The owner has the address of this assignment (`epoch`) configured in its kernel.
+    Applied {
+        vip: IpAddr,
+        epoch: u64,
+        by: Pnn,
+    },
     /// The owner's established client connections of a VIP, for tickles after a move.
     SetConnections {
         vip: IpAddr,
@@ -274,7 +284,7 @@ impl ClusterState {
     pub fn live_vips(&self) -> BTreeSet<IpAddr> {
         self.vips
             .iter()
-            .filter(|(_, vip)| vip.phase == VipPhase::Held)
+            .filter(|(_, vip)| vip.phase == VipPhase::Held && vip.applied)
             .filter(|(_, vip)| {
                 vip.owner
                     .and_then(|owner| self.members.get(&owner))
@@ -386,6 +396,7 @@ impl ClusterState {
                     vip_state.phase = VipPhase::Held;
                     vip_state.operator_placed = vip_state.preferred == Some(*to);
                     vip_state.preferred = None;
+                    vip_state.applied = false;
                     Ok(())
                 })
             }
@@ -405,6 +416,19 @@ impl ClusterState {
                 vip_state.phase = VipPhase::Unassigned;
                 Ok(())
             }),
+            Command::Applied { vip, epoch, by } => {
+                let Some(vip_state) = self.vips.get_mut(vip) else {
+                    return rejected(format!("no VIP {vip}"));
+                };
+                if vip_state.epoch != *epoch
+                    || vip_state.phase != VipPhase::Held
+                    || vip_state.owner != Some(*by)
+                {
+                    return rejected(format!("node {by} does not hold {vip} in epoch {epoch}"));
+                }
+                vip_state.applied = true;
+                Outcome::Applied
+            }
             Command::SetConnections {
                 vip,
                 by,
@@ -528,6 +552,7 @@ impl ClusterState {
                 configured: true,
                 preferred: None,
                 operator_placed: false,
+                applied: false,
             });
             vip.prefix_len = config.prefix_len;
             vip.interface.clone_from(&config.interface);
@@ -892,6 +917,22 @@ mod tests {
                 to: 0,
             },
         );
+        // Assigned is not live: the owner has yet to configure the address.
+        assert!(state.live_vips().is_empty(), "live before the owner has it");
+        assert_eq!(state.live_serial, serial);
+        let epoch = state.vips[&vip].epoch;
+        let confirm = |epoch, by| Command::Applied { vip, epoch, by };
+        refused(&mut state, confirm(epoch, 1));
+        refused(&mut state, confirm(epoch - 1, 0));
+        refused(
+            &mut state,
+            Command::Applied {
+                vip: ip("192.0.2.199"),
+                epoch,
+                by: 0,
+            },
+        );
+        applied(&mut state, confirm(epoch, 0));
         assert_eq!(state.live_vips(), [vip].into());
         assert_eq!(state.live_serial, serial + 1);
         // A change that leaves the live set alone keeps the serial.
@@ -950,6 +991,23 @@ mod tests {
         assert!(state.live_vips().is_empty());
         let restored = ClusterState::from_snapshot(&state.to_snapshot()).unwrap();
         assert_eq!(restored.live_serial, state.live_serial);
+        // A late confirmation of the old assignment does not bring it back, and a new
+        // assignment needs its own.
+        refused(&mut state, confirm(epoch, 0));
+        let epoch = state.vips[&vip].epoch;
+        applied(&mut state, Command::Released { vip, epoch, by: 0 });
+        applied(
+            &mut state,
+            Command::Assign {
+                vip,
+                epoch: epoch + 1,
+                to: 0,
+            },
+        );
+        assert!(state.live_vips().is_empty(), "live without a confirmation");
+        refused(&mut state, confirm(epoch, 0));
+        applied(&mut state, confirm(epoch + 2, 0));
+        assert_eq!(state.live_vips(), [vip].into());
     }
 
     #[test]

@@ -50,6 +50,7 @@ async fn fake_node(mut requests: mpsc::Receiver<RequestEnvelope>) {
         let response = match request {
             Request::Status => Response::Status(sample_status()),
             Request::Ip { .. } => Response::Ips(IpReport {
+                live_serial: 0,
                 this_node: 0,
                 ips: vec![],
             }),
