@@ -182,7 +182,12 @@ pub struct Service {
     host_names: Arc<dyn HostNames>,
     /// MOUNT's advisory list of (client, path) pairs, for DUMP.
     pub(crate) mounts: Mutex<BTreeSet<(String, String)>>,
+    /// Locks that make a WRITE's weak cache consistency data exact (see [`Service::file_lock`]).
+    file_locks: [Mutex<()>; FILE_LOCK_STRIPES],
 }
+
+/// How many locks [`Service::file_lock`] spreads files over.
+const FILE_LOCK_STRIPES: usize = 64;
 
 /// What a procedure could not do at the RPC level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +304,7 @@ impl Service {
             ports: options.ports,
             host_names: options.host_names,
             mounts: Mutex::new(BTreeSet::new()),
+            file_locks: std::array::from_fn(|_| Mutex::new(())),
         })
     }
 
@@ -312,6 +318,24 @@ impl Service {
     /// random at start, so it differs between nodes and between restarts of one node.
     pub fn write_verifier(&self) -> [u8; 8] {
         self.write_verifier
+    }
+
+    /// A lock for the file `(device, inode)`, held by a WRITE from reading its pre-operation
+    /// attributes to reading its post-operation ones, so that two WRITEs to one file in flight
+    /// at once (a kernel client sends several) cannot interleave there. RFC 1813's weak cache
+    /// consistency data is "before" and "after" *this* operation: a client whose cached
+    /// attributes differ from "before" concludes that someone else changed the file. Attributes
+    /// read when the handle was resolved may predate a concurrent WRITE. knfsd holds the inode
+    /// lock for the same reason. Files share one of a few stripes; a collision only serialises
+    /// two unrelated writes.
+    pub(crate) fn file_lock(&self, device: u64, inode: u64) -> std::sync::MutexGuard<'_, ()> {
+        let mix = (inode ^ device.rotate_left(32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let stripe = usize::try_from(mix >> 58).unwrap_or(0) % FILE_LOCK_STRIPES;
+        // A panic never happens while a guard is held (the guarded code returns errors), and
+        // the lock protects no data, so a poisoned lock is as good as a clean one.
+        self.file_locks[stripe]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether export `index` admits the client of `connection` (decided once per connection;

@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: the root check and polling with a deadline.
+//! Helpers shared by the integration tests: the root check and polling with a deadline; a
+//! running cluster (`cluster`) and a kernel NFS client under QEMU (`qemu`).
 
 #![allow(
     dead_code,
@@ -8,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod qemu;
 
 /// Whether this test may build namespaces. Tests need root; CI runs them as root and must not
 /// skip them silently, so outside root they fail under CI and are skipped (loudly) elsewhere.

@@ -608,9 +608,16 @@ impl Context<'_> {
         data: &[u8],
         encoder: &mut Encoder<'_>,
     ) {
-        let Some(object) = self.resolve_or_reply(handle, encoder, no_wcc_data) else {
+        let Some(mut object) = self.resolve_or_reply(handle, encoder, no_wcc_data) else {
             return;
         };
+        let device = (u64::from(object.stat.dev_major) << 32) | u64::from(object.stat.dev_minor);
+        let _exclusive = self.service.file_lock(device, object.stat.ino);
+        // The attributes read at resolve time may predate a concurrent WRITE that has landed
+        // since; the reply's pre-operation attributes must be the file right before this one.
+        if let Ok(now) = sys::fstat(object.fd.as_fd()) {
+            object.stat = now;
+        }
         let identity = self.identity(object.export);
         let outcome = self
             .writable(object.export)
