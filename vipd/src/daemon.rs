@@ -467,7 +467,7 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown, if stopping.is_none() => {
                 tracing::info!("shutting down: handing this node's addresses over");
-                core.set_health(false, vec!["shutting down".to_owned()]);
+                core.set_health(false, vec![crate::state::SHUTTING_DOWN.to_owned()]);
                 stopping = Some(Instant::now());
             }
             _ = interval.tick() => {}

@@ -89,8 +89,11 @@ fn node_state(
     Some(NodeState {
         healthy: member.healthy,
         connected: !member.fenced && observed.connected(node, settings),
-        // A leaving member hosts nothing, like a disabled one.
-        disabled: member.disabled || member.leaving,
+        // A leaving member hosts nothing, like a disabled one; nor does an unhealthy member
+        // that is shutting down or has not reported yet, even as a last resort.
+        disabled: member.disabled
+            || member.leaving
+            || (!member.healthy && !member.may_host_unhealthy()),
         banned: member.banned_at(observed.now_unix_ms),
         available_since_ms: observed.available_since_ms.get(&node).copied().unwrap_or(0),
     })

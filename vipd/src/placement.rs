@@ -18,6 +18,10 @@
 //!   **settled**. [`Placement::hold_down_ends_at_ms`] tells the caller when to call again.
 //! * A VIP **allows** a node when its eligible list is `None` or names that node. A node is a
 //!   **valid host** of a VIP when it is available and allowed.
+//! * A node is a **last-resort host** of a VIP that has no valid host when it is allowed and
+//!   [`NodeState::may_host_as_last_resort`] holds: connected, not disabled and not banned, but
+//!   unhealthy. An unhealthy node serves worse than a healthy one, but better than nobody
+//!   (CTDB hosts addresses on unhealthy nodes the same way when every node is unhealthy).
 //! * The **weight** of a VIP is [`VipSpec::weight`], where 0 is read as 1 (the configuration
 //!   validator rejects 0; reading it as 1 keeps placement total). A node's **load** is the sum of
 //!   the weights of the VIPs it hosts.
@@ -28,7 +32,11 @@
 //!    host. A VIP whose owner is not a valid host moves (reason [`MoveReason::OwnerUnavailable`]
 //!    when the owner is unavailable or unknown, [`MoveReason::OwnerIneligible`] when it is
 //!    available but not allowed); an unhosted VIP is placed ([`MoveReason::Unhosted`]); a VIP
-//!    with no valid host is unhosted ([`MoveReason::NoEligibleNode`] if it had an owner).
+//!    with no valid host goes to a last-resort host (the owner, if it is one; otherwise the
+//!    least loaded, then the lowest [`NodeId`]), and is unhosted only when there is none either
+//!    ([`MoveReason::NoEligibleNode`] if it had an owner). So an unhealthy node hosts a VIP only
+//!    while no healthy node may, and gives it up as soon as one may (rule 1 moves it, reason
+//!    [`MoveReason::OwnerUnavailable`]). Last-resort hosts are never rebalance targets.
 //!    Owners of VIPs that the view does not configure are told to drop them
 //!    ([`MoveReason::Unconfigured`]); such VIPs do not appear in the assignment.
 //! 2. **Balanced after weights.** For every hosted VIP `v` of weight `w` on node `a` and every
@@ -120,6 +128,12 @@ impl NodeState {
     /// together, so a new flag cannot be forgotten in one caller and honoured in another.
     pub fn may_host(&self) -> bool {
         self.healthy && self.connected && !self.disabled && !self.banned
+    }
+
+    /// Whether the node may host a VIP that no node may host by [`NodeState::may_host`]: it
+    /// is unhealthy, but connected, not disabled and not banned.
+    pub fn may_host_as_last_resort(&self) -> bool {
+        !self.healthy && self.connected && !self.disabled && !self.banned
     }
 }
 
@@ -215,6 +229,19 @@ impl ClusterView {
         (settled, held_down)
     }
 
+    /// The last-resort hosts of a VIP, in `NodeId` order: empty while it has a valid host.
+    fn last_resort_hosts(&self, spec: &VipSpec) -> Vec<NodeId> {
+        let (settled, held_down) = self.valid_hosts(spec);
+        if !settled.is_empty() || !held_down.is_empty() {
+            return Vec::new();
+        }
+        self.nodes
+            .iter()
+            .filter(|(node, state)| state.may_host_as_last_resort() && spec.allows(**node))
+            .map(|(node, _)| *node)
+            .collect()
+    }
+
     /// The earliest time after `now_ms` at which an available node leaves hold-down.
     fn next_hold_down_end(&self) -> Option<u64> {
         self.nodes
@@ -231,7 +258,7 @@ pub type Assignment = BTreeMap<VipId, Option<NodeId>>;
 /// Why a VIP moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MoveReason {
-    /// The VIP had no owner and a valid host exists.
+    /// The VIP had no owner and a valid (or last-resort) host exists.
     Unhosted,
     /// The owner is unavailable (unhealthy, disconnected, disabled, banned or unknown).
     OwnerUnavailable,
@@ -239,7 +266,8 @@ pub enum MoveReason {
     OwnerIneligible,
     /// The owner was valid, but moving the VIP improves the balance (rule 2).
     Rebalance,
-    /// The owner is no longer valid and no valid host exists: the VIP is dropped.
+    /// The owner is no longer valid and no valid or last-resort host exists: the VIP is
+    /// dropped.
     NoEligibleNode,
     /// The VIP is not configured any more: its owner drops it.
     Unconfigured,
@@ -320,6 +348,10 @@ pub fn place(view: &ClusterView, owners: &BTreeMap<VipId, NodeId>) -> Placement 
                 assignment.insert(vip, Some(owner));
                 add_load(&mut loads, owner, spec.load_weight());
             }
+            Some(&owner) if view.last_resort_hosts(spec).contains(&owner) => {
+                assignment.insert(vip, Some(owner));
+                add_load(&mut loads, owner, spec.load_weight());
+            }
             Some(&owner) => {
                 let reason = if view.is_available(owner) {
                     MoveReason::OwnerIneligible
@@ -343,10 +375,12 @@ pub fn place(view: &ClusterView, owners: &BTreeMap<VipId, NodeId>) -> Placement 
         .filter_map(|vip| view.vips.get(vip).map(|spec| (*vip, spec)))
         .map(|(vip, spec)| {
             let (settled, held_down) = view.valid_hosts(spec);
-            let candidates = if settled.is_empty() {
+            let candidates = if !settled.is_empty() {
+                settled
+            } else if !held_down.is_empty() {
                 held_down
             } else {
-                settled
+                view.last_resort_hosts(spec)
             };
             (vip, spec, candidates)
         })
@@ -556,6 +590,7 @@ pub fn violations(view: &ClusterView, assignment: &Assignment) -> Vec<Violation>
     }
     for (&vip, spec) in &view.vips {
         match assignment.get(&vip).copied().flatten() {
+            Some(node) if view.last_resort_hosts(spec).contains(&node) => {}
             Some(node) if !view.is_available(node) => {
                 found.push(Violation::OnUnavailableNode { vip, node });
             }
@@ -565,7 +600,10 @@ pub fn violations(view: &ClusterView, assignment: &Assignment) -> Vec<Violation>
             Some(_) => {}
             None => {
                 let (settled, held_down) = view.valid_hosts(spec);
-                if !settled.is_empty() || !held_down.is_empty() {
+                if !settled.is_empty()
+                    || !held_down.is_empty()
+                    || !view.last_resort_hosts(spec).is_empty()
+                {
                     found.push(Violation::Unhosted { vip });
                 }
             }

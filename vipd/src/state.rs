@@ -49,6 +49,9 @@ pub const FORMAT_VERSION: u32 = 2;
 /// The longest node name (as in the cluster file).
 pub const MAX_NAME_LEN: usize = 32;
 
+/// The health report of a node that is handing its VIPs over before it stops.
+pub const SHUTTING_DOWN: &str = "shutting down";
+
 /// One member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -84,6 +87,12 @@ impl Member {
             healthy: false,
             failing: Vec::new(),
         }
+    }
+
+    /// Whether it may host VIPs that no healthy node may host: it is unhealthy because a probe
+    /// failed, not because it is shutting down or has not reported its health yet.
+    pub fn may_host_unhealthy(&self) -> bool {
+        !self.failing.is_empty() && !self.failing.iter().any(|reason| reason == SHUTTING_DOWN)
     }
 
     /// Whether a ban is in force at `now_unix_ms`.

@@ -270,6 +270,20 @@ fn brute_force(view: &ClusterView, owners: &BTreeMap<VipId, NodeId>) -> (usize, 
             .filter(|n| in_hold_down(view, **n) && spec.allows(**n))
             .map(|n| Some(*n))
             .collect();
+        // With no valid host, an unhealthy but connected, enabled, unbanned allowed node
+        // hosts it: the owner if it is one (nothing moves without a reason), else any.
+        let last_resort: Vec<Option<NodeId>> = view
+            .nodes
+            .iter()
+            .filter(|(n, state)| {
+                !state.healthy
+                    && state.connected
+                    && !state.disabled
+                    && !state.banned
+                    && spec.allows(**n)
+            })
+            .map(|(n, _)| Some(*n))
+            .collect();
         let mut choices = if owner_was_valid(view, *vip, owner) {
             let mut keep_or_move = vec![owner];
             keep_or_move.extend(settled_hosts.into_iter().filter(|n| *n != owner));
@@ -278,6 +292,10 @@ fn brute_force(view: &ClusterView, owners: &BTreeMap<VipId, NodeId>) -> (usize, 
             settled_hosts
         } else if !held_hosts.is_empty() {
             held_hosts
+        } else if owner.is_some() && last_resort.contains(&owner) {
+            vec![owner]
+        } else if !last_resort.is_empty() {
+            last_resort
         } else {
             vec![None]
         };

@@ -142,8 +142,8 @@ const CASES: &[Case] = &[
         after: "v1=n1 v2=n2 v3=n1",
     },
     Case {
-        name: "all nodes down: every VIP is unhosted",
-        nodes: "n1!unhealthy n2!disconnected n3!banned",
+        name: "no node may host: every VIP is unhosted",
+        nodes: "n1!disabled n2!disconnected n3!banned",
         vips: "v1 v2 v3 v4",
         owners: "v1=n1 v2=n2 v3=n3",
         moves: &[
@@ -152,6 +152,37 @@ const CASES: &[Case] = &[
             "v3: n3 -> - (no-eligible-node)",
         ],
         after: "v1=- v2=- v3=- v4=-",
+    },
+    Case {
+        name: "every node unhealthy: they keep what they host, the unhosted go to the least loaded",
+        nodes: "n1!unhealthy n2!unhealthy n3!unhealthy",
+        vips: "v1 v2 v3 v4 v5",
+        owners: "v1=n1 v2=n1 v3=n2",
+        moves: &["v4: - -> n3 (unhosted)", "v5: - -> n2 (unhosted)"],
+        after: "v1=n1 v2=n1 v3=n2 v4=n3 v5=n2",
+    },
+    Case {
+        name: "an unhealthy node is the last resort; disconnected and banned nodes are not",
+        nodes: "n1!unhealthy n2!disconnected n3!banned",
+        vips: "v1 v2 v3 v4",
+        owners: "v1=n1 v2=n2 v3=n3",
+        moves: &[
+            "v2: n2 -> n1 (owner-unavailable)",
+            "v3: n3 -> n1 (owner-unavailable)",
+            "v4: - -> n1 (unhosted)",
+        ],
+        after: "v1=n1 v2=n1 v3=n1 v4=n1",
+    },
+    Case {
+        name: "a healthy node, even in hold-down, takes every VIP from the last-resort host",
+        nodes: "n1@95000 n2!unhealthy",
+        vips: "v1 v2",
+        owners: "v1=n2 v2=n2",
+        moves: &[
+            "v1: n2 -> n1 (owner-unavailable)",
+            "v2: n2 -> n1 (owner-unavailable)",
+        ],
+        after: "v1=n1 v2=n1",
     },
     Case {
         name: "a VIP only node 3 may host goes to node 3 however loaded it is",
@@ -166,12 +197,31 @@ const CASES: &[Case] = &[
         after: "v1=n3 v2=n1 v3=n2",
     },
     Case {
-        name: "a VIP only node 3 may host is unhosted while node 3 is down",
+        name: "a VIP only node 3 may host stays on unhealthy node 3: no healthy node may take it",
         nodes: "n1 n2 n3!unhealthy",
+        vips: "v1{n3} v2 v3",
+        owners: "v1=n3 v2=n1 v3=n2",
+        moves: &[],
+        after: "v1=n3 v2=n1 v3=n2",
+    },
+    Case {
+        name: "a VIP only node 3 may host is unhosted while node 3 is disconnected",
+        nodes: "n1 n2 n3!disconnected",
         vips: "v1{n3} v2 v3",
         owners: "v1=n3 v2=n1 v3=n2",
         moves: &["v1: n3 -> - (no-eligible-node)"],
         after: "v1=- v2=n1 v3=n2",
+    },
+    Case {
+        name: "an unhealthy node hosts nothing while a healthy node may",
+        nodes: "n1 n2!unhealthy",
+        vips: "v1 v2{n1,n2} v3{n2}",
+        owners: "v1=n2 v2=n2 v3=n2",
+        moves: &[
+            "v1: n2 -> n1 (owner-unavailable)",
+            "v2: n2 -> n1 (owner-unavailable)",
+        ],
+        after: "v1=n1 v2=n1 v3=n2",
     },
     Case {
         name: "an owner taken off the node list hands the VIP to a listed node",
