@@ -14,6 +14,10 @@ const SOURCE_DIRECTORIES: &[&str] = &[
     "vipd/tests",
     "gateway/src",
     "gateway/tests",
+    "gateway/fuzz/src",
+    "gateway/fuzz/fuzz_targets",
+    "gateway/fuzz/examples",
+    "gateway/fuzz/tests",
     "dns/src",
 ];
 

@@ -12,10 +12,20 @@
 //! procedure. A flavor we do not implement gets AUTH_BADCRED, as knfsd answers for a flavor it
 //! has no handler for; AUTH_TOOWEAK is left for export policy ("this export wants a stronger
 //! flavor than the one you used"), which is a later, per-export decision.
+//!
+//! [`decode_arguments`] decodes a dispatched call's arguments with the decoder its program's
+//! handler uses, and [`decode_record`] runs a whole record through classification, dispatch and
+//! argument decoding: everything a remote client reaches before a procedure touches the
+//! volume, with no service and no I/O (the fuzz targets in `gateway/fuzz/` drive it).
 
 use std::ops::RangeInclusive;
 
-use crate::rpc::{AcceptStatus, AuthStat, Call, Credential, ReplyBody};
+use crate::rpc::{
+    AcceptStatus, AuthStat, Call, CallError, Classification, Credential, MOUNT_PROGRAM,
+    NFS_PROGRAM, PORTMAP_PROGRAM, ReplyBody, ReplyHeader, classify,
+};
+use crate::service::ProcError;
+use crate::{mount, nfs3, portmap};
 
 /// One registered program and range of versions, each with procedures `0..procedures`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +72,83 @@ pub fn dispatch<'p>(programs: &'p [Program], call: &Call) -> Decision<'p> {
         None => AcceptStatus::ProgUnavail,
         Some((low, high)) => AcceptStatus::ProgMismatch { low, high },
     }))
+}
+
+/// The decoded arguments of a call to one of the gateway's programs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arguments<'a> {
+    Portmap(portmap::Args<'a>),
+    Mount(mount::Args<'a>),
+    Nfs3(nfs3::wire::Args<'a>),
+}
+
+/// Decodes the arguments of a call `dispatch` let through, with the same decoder the program's
+/// handler runs first (`portmap::decode_args`, `mount::decode_args`, `nfs3::wire::decode_args`):
+/// GARBAGE_ARGS if they do not decode, PROC_UNAVAIL for a program or procedure without one.
+/// Allocates nothing.
+pub fn decode_arguments<'a>(call: &Call, args: &'a [u8]) -> Result<Arguments<'a>, ProcError> {
+    match call.program {
+        PORTMAP_PROGRAM => {
+            portmap::decode_args(call.version, call.procedure, args).map(Arguments::Portmap)
+        }
+        MOUNT_PROGRAM => mount::decode_args(call.procedure, args).map(Arguments::Mount),
+        NFS_PROGRAM => Ok(Arguments::Nfs3(nfs3::wire::decode_args(
+            call.procedure,
+            args,
+        )?)),
+        _ => Err(ProcError::ProcUnavail),
+    }
+}
+
+/// What the gateway's decoding makes of one record, before any procedure runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// Not answered at all (see `rpc`'s table).
+    Drop(CallError),
+    /// Answered with this error reply by the header checks or by [`dispatch`].
+    Reject(ReplyHeader),
+    /// A dispatched call whose arguments do not decode (or, for a registered procedure with no
+    /// decoder, PROC_UNAVAIL): answered with this reply.
+    BadArguments { call: Call, reply: ReplyHeader },
+    /// A dispatched call with its decoded arguments: what the procedure would run with.
+    Call {
+        call: Call,
+        arguments: Arguments<'a>,
+    },
+}
+
+/// Runs one complete record through the decoding the serving loop applies — [`classify`],
+/// [`dispatch`] against `programs`, then [`decode_arguments`] at the offset the header ends —
+/// and reports the outcome. Pure: no service, no I/O. Never panics, whatever the bytes; its
+/// only allocations are the credential's fields (see [`classify`]).
+pub fn decode_record<'a>(programs: &[Program], record: &'a [u8]) -> Decoded<'a> {
+    let (call, args_offset) = match classify(record) {
+        Classification::Call { call, args_offset } => (call, args_offset),
+        Classification::Reject { reply, .. } => return Decoded::Reject(reply),
+        Classification::Drop(cause) => return Decoded::Drop(cause),
+    };
+    if let Decision::Reject(body) = dispatch(programs, &call) {
+        return Decoded::Reject(ReplyHeader {
+            xid: call.xid,
+            body,
+        });
+    }
+    let args = record.get(args_offset..).unwrap_or_default();
+    match decode_arguments(&call, args) {
+        Ok(arguments) => Decoded::Call { call, arguments },
+        Err(error) => {
+            let status = match error {
+                ProcError::GarbageArgs => AcceptStatus::GarbageArgs,
+                ProcError::ProcUnavail => AcceptStatus::ProcUnavail,
+                ProcError::SystemErr => AcceptStatus::SystemErr,
+            };
+            let reply = ReplyHeader {
+                xid: call.xid,
+                body: ReplyBody::accepted(status),
+            };
+            Decoded::BadArguments { call, reply }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -223,5 +310,139 @@ mod tests {
             decide(&programs, &call(7, 1, 0, Credential::None)),
             Err(ReplyBody::accepted(AcceptStatus::ProcUnavail))
         );
+    }
+
+    /// A record: a call header with an AUTH_SYS credential, then `args`.
+    fn record(program: u32, version: u32, procedure: u32, args: &[u8]) -> Vec<u8> {
+        let mut record = Vec::new();
+        call(
+            program,
+            version,
+            procedure,
+            Credential::Sys(AuthSys {
+                stamp: 0,
+                machinename: b"c".to_vec(),
+                uid: 1,
+                gid: 1,
+                gids: vec![],
+            }),
+        )
+        .encode(&mut crate::xdr::Encoder::new(&mut record))
+        .unwrap();
+        record.extend_from_slice(args);
+        record
+    }
+
+    fn words(values: &[u32]) -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|value| value.to_be_bytes())
+            .collect()
+    }
+
+    /// The outcome of `decode_record` written compactly: the arguments, or the reply body.
+    fn decoded(record: &[u8]) -> Result<Arguments<'_>, Option<ReplyBody>> {
+        match decode_record(crate::service::PROGRAMS, record) {
+            Decoded::Call { arguments, .. } => Ok(arguments),
+            Decoded::BadArguments { reply, .. } | Decoded::Reject(reply) => Err(Some(reply.body)),
+            Decoded::Drop(_) => Err(None),
+        }
+    }
+
+    #[test]
+    fn decode_record_table() {
+        use crate::nfs3::wire::Args as Nfs3;
+        let garbage = || Err(Some(ReplyBody::accepted(AcceptStatus::GarbageArgs)));
+        let handle = [0, 0, 0, 4, 1, 2, 3, 4];
+        let path = [0, 0, 0, 5, b'/', b'd', b'a', b't', b'a', 0, 0, 0];
+        type Expected<'a> = Result<Arguments<'a>, Option<ReplyBody>>;
+        let cases: Vec<(&str, Vec<u8>, Expected<'_>)> = vec![
+            (
+                "NFSv3 NULL",
+                record(NFS_PROGRAM, 3, 0, &[]),
+                Ok(Arguments::Nfs3(Nfs3::Null)),
+            ),
+            (
+                "NFSv3 GETATTR",
+                record(NFS_PROGRAM, 3, 1, &handle),
+                Ok(Arguments::Nfs3(Nfs3::GetAttr {
+                    object: &[1, 2, 3, 4],
+                })),
+            ),
+            (
+                "NFSv3 GETATTR with a 65-byte handle",
+                record(NFS_PROGRAM, 3, 1, &words(&[65])),
+                garbage(),
+            ),
+            (
+                "NFSv3 procedure 22",
+                record(NFS_PROGRAM, 3, 22, &[]),
+                Err(Some(ReplyBody::accepted(AcceptStatus::ProcUnavail))),
+            ),
+            (
+                "NFSv2",
+                record(NFS_PROGRAM, 2, 0, &[]),
+                Err(Some(ReplyBody::accepted(AcceptStatus::ProgMismatch {
+                    low: 3,
+                    high: 3,
+                }))),
+            ),
+            (
+                "MOUNT MNT",
+                record(MOUNT_PROGRAM, 3, 1, &path),
+                Ok(Arguments::Mount(mount::Args::Mount { path: b"/data" })),
+            ),
+            (
+                "MOUNT MNT of a path cut short",
+                record(MOUNT_PROGRAM, 3, 1, &path[..8]),
+                garbage(),
+            ),
+            (
+                "MOUNT EXPORT",
+                record(MOUNT_PROGRAM, 3, 5, &[]),
+                Ok(Arguments::Mount(mount::Args::Export)),
+            ),
+            (
+                "portmap GETPORT",
+                record(PORTMAP_PROGRAM, 2, 3, &words(&[NFS_PROGRAM, 3, 6, 0])),
+                Ok(Arguments::Portmap(portmap::Args::GetPort {
+                    program: NFS_PROGRAM,
+                    version: 3,
+                    protocol: 6,
+                })),
+            ),
+            (
+                "portmap GETPORT without its port",
+                record(PORTMAP_PROGRAM, 2, 3, &words(&[NFS_PROGRAM, 3, 6])),
+                garbage(),
+            ),
+            (
+                // Registered (rpcbind v3 has 9 procedures) but not answered by this table.
+                "rpcbind v3 CALLIT",
+                record(PORTMAP_PROGRAM, 3, 5, &[]),
+                Err(Some(ReplyBody::accepted(AcceptStatus::ProcUnavail))),
+            ),
+            (
+                "a reply is dropped",
+                with_word(&record(NFS_PROGRAM, 3, 0, &[]), 1, 1),
+                Err(None),
+            ),
+            (
+                "rpc version 3",
+                with_word(&record(NFS_PROGRAM, 3, 0, &[]), 2, 3),
+                Err(Some(ReplyBody::Denied(
+                    crate::rpc::RejectedReply::RpcMismatch { low: 2, high: 2 },
+                ))),
+            ),
+        ];
+        for (name, record, expected) in cases {
+            assert_eq!(decoded(&record), expected, "{name}");
+        }
+    }
+
+    fn with_word(record: &[u8], index: usize, value: u32) -> Vec<u8> {
+        let mut record = record.to_vec();
+        record[index * 4..index * 4 + 4].copy_from_slice(&value.to_be_bytes());
+        record
     }
 }

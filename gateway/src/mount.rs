@@ -38,6 +38,47 @@ pub enum MountStatus {
     ServerFault = 10006,
 }
 
+/// Longest path MNT and UMNT decode: longer than [`MAX_PATH`], so that a path a little over
+/// the limit reaches MNT and gets MNT3ERR_NAMETOOLONG, while anything absurd is GARBAGE_ARGS.
+pub const MAX_DECODED_PATH: u32 = 8192;
+
+/// The decoded arguments of one MOUNT call, borrowing from the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Args<'a> {
+    Null,
+    /// MNT of a path (bytes as sent; not yet checked against [`MAX_PATH`] or for UTF-8).
+    Mount {
+        path: &'a [u8],
+    },
+    Dump,
+    /// UMNT of a path.
+    Unmount {
+        path: &'a [u8],
+    },
+    UnmountAll,
+    Export,
+}
+
+/// Decodes the arguments of MOUNT v3 `procedure`: PROC_UNAVAIL for a procedure MOUNT v3 does
+/// not have, GARBAGE_ARGS for arguments that do not decode. Bytes after the arguments are
+/// ignored. Never panics, whatever the bytes; allocates nothing.
+pub fn decode_args(procedure: u32, args: &[u8]) -> Result<Args<'_>, ProcError> {
+    let decoder = &mut Decoder::new(args);
+    Ok(match procedure {
+        0 => Args::Null,
+        1 => Args::Mount {
+            path: decoder.opaque(MAX_DECODED_PATH)?,
+        },
+        2 => Args::Dump,
+        3 => Args::Unmount {
+            path: decoder.opaque(MAX_DECODED_PATH)?,
+        },
+        4 => Args::UnmountAll,
+        5 => Args::Export,
+        _ => return Err(ProcError::ProcUnavail),
+    })
+}
+
 /// Runs one MOUNT call, writing its results after the reply header in `out`.
 pub fn call(
     service: &Service,
@@ -46,40 +87,35 @@ pub fn call(
     args: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), ProcError> {
-    let decoder = &mut Decoder::new(args);
+    let args = decode_args(call.procedure, args)?;
     let encoder = &mut Encoder::new(out);
-    match call.procedure {
-        0 => {}
-        1 => {
-            let path = decoder.opaque(8192)?;
-            match mount(service, connection, path) {
-                Ok(handle) => {
-                    encoder.u32(MountStatus::Ok as u32);
-                    let _ = encoder.opaque(&handle, 64);
-                    // The flavors the client may use: AUTH_SYS.
-                    encoder.u32(1);
-                    encoder.u32(AUTH_SYS);
-                    record_mount(service, connection, call, path);
-                }
-                Err(status) => encoder.u32(status as u32),
+    match args {
+        Args::Null => {}
+        Args::Mount { path } => match mount(service, connection, path) {
+            Ok(handle) => {
+                encoder.u32(MountStatus::Ok as u32);
+                let _ = encoder.opaque(&handle, 64);
+                // The flavors the client may use: AUTH_SYS.
+                encoder.u32(1);
+                encoder.u32(AUTH_SYS);
+                record_mount(service, connection, call, path);
             }
-        }
-        2 => dump(service, encoder),
-        3 => {
-            let path = decoder.opaque(8192)?;
+            Err(status) => encoder.u32(status as u32),
+        },
+        Args::Dump => dump(service, encoder),
+        Args::Unmount { path } => {
             let client = client_name(connection, call);
             if let Ok(mut mounts) = service.mounts.lock() {
                 mounts.remove(&(client, String::from_utf8_lossy(path).into_owned()));
             }
         }
-        4 => {
+        Args::UnmountAll => {
             let client = client_name(connection, call);
             if let Ok(mut mounts) = service.mounts.lock() {
                 mounts.retain(|(host, _)| *host != client);
             }
         }
-        5 => exports(service, encoder),
-        _ => return Err(ProcError::ProcUnavail),
+        Args::Export => exports(service, encoder),
     }
     Ok(())
 }
@@ -224,4 +260,38 @@ fn exports(service: &Service, encoder: &mut Encoder<'_>) {
         encoder.bool(false);
     }
     encoder.bool(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_table() {
+        let path = [0, 0, 0, 2, b'/', b'd', 0, 0];
+        let long_path = [&(MAX_DECODED_PATH + 1).to_be_bytes()[..], &[0; 16]].concat();
+        let cases: Vec<(u32, Vec<u8>, Result<Args<'static>, ProcError>)> = vec![
+            (0, vec![], Ok(Args::Null)),
+            // Arguments of NULL are ignored, as the Linux server does.
+            (0, vec![1, 2, 3], Ok(Args::Null)),
+            (1, path.to_vec(), Ok(Args::Mount { path: b"/d" })),
+            (1, path[..6].to_vec(), Err(ProcError::GarbageArgs)),
+            (1, vec![], Err(ProcError::GarbageArgs)),
+            (1, long_path, Err(ProcError::GarbageArgs)),
+            (2, vec![], Ok(Args::Dump)),
+            (3, path.to_vec(), Ok(Args::Unmount { path: b"/d" })),
+            (3, vec![0, 0, 0], Err(ProcError::GarbageArgs)),
+            (4, vec![], Ok(Args::UnmountAll)),
+            (5, vec![], Ok(Args::Export)),
+            (6, vec![], Err(ProcError::ProcUnavail)),
+            (u32::MAX, vec![], Err(ProcError::ProcUnavail)),
+        ];
+        for (procedure, bytes, expected) in cases {
+            assert_eq!(
+                decode_args(procedure, &bytes),
+                expected,
+                "procedure {procedure}"
+            );
+        }
+    }
 }

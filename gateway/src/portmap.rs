@@ -136,6 +136,75 @@ pub fn getaddr(
     universal_address(SocketAddr::new(ip, mapping.port))
 }
 
+/// The decoded arguments of one portmap/rpcbind call, borrowing from the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Args<'a> {
+    /// NULL, in every version.
+    Null,
+    /// SET or UNSET, in every version. Their arguments are not read: the answer is FALSE
+    /// whatever they say.
+    Register,
+    /// portmap v2 GETPORT: a `mapping` whose port is ignored.
+    GetPort {
+        program: u32,
+        version: u32,
+        protocol: u32,
+    },
+    /// portmap v2 DUMP.
+    Dump,
+    /// rpcbind v3/v4 GETADDR, or v4 GETVERSADDR when `exact_version`: an `rpcb` whose address
+    /// and owner are read (they must be present) but ignored.
+    GetAddr {
+        program: u32,
+        version: u32,
+        netid: &'a [u8],
+        exact_version: bool,
+    },
+    /// rpcbind v3/v4 DUMP.
+    RpcbDump,
+    /// rpcbind v3/v4 GETTIME.
+    GetTime,
+}
+
+/// Decodes the arguments of `procedure` of portmap/rpcbind `version`: PROC_UNAVAIL for a
+/// procedure this table does not answer, GARBAGE_ARGS for arguments that do not decode.
+/// Bytes after the arguments are ignored. Never panics, whatever the bytes; allocates nothing.
+pub fn decode_args(version: u32, procedure: u32, args: &[u8]) -> Result<Args<'_>, ProcError> {
+    let decoder = &mut Decoder::new(args);
+    Ok(match (version, procedure) {
+        (_, 0) => Args::Null,
+        (_, 1 | 2) => Args::Register,
+        (2, 3) => {
+            let program = decoder.u32()?;
+            let version = decoder.u32()?;
+            let protocol = decoder.u32()?;
+            let _port = decoder.u32()?;
+            Args::GetPort {
+                program,
+                version,
+                protocol,
+            }
+        }
+        (2, 4) => Args::Dump,
+        (3 | 4, 3) | (4, 9) => {
+            let program = decoder.u32()?;
+            let version = decoder.u32()?;
+            let netid = decoder.opaque(MAX_STRING)?;
+            let _address = decoder.opaque(MAX_STRING)?;
+            let _owner = decoder.opaque(MAX_STRING)?;
+            Args::GetAddr {
+                program,
+                version,
+                netid,
+                exact_version: procedure == 9,
+            }
+        }
+        (3 | 4, 4) => Args::RpcbDump,
+        (3 | 4, 6) => Args::GetTime,
+        _ => return Err(ProcError::ProcUnavail),
+    })
+}
+
 /// Runs one portmap/rpcbind call, writing its results after the reply header in `out`.
 pub fn call(
     service: &Service,
@@ -144,21 +213,19 @@ pub fn call(
     args: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), ProcError> {
+    let args = decode_args(call.version, call.procedure, args)?;
     let table = mappings(service.ports.nfs, service.ports.portmap);
-    let decoder = &mut Decoder::new(args);
     let encoder = &mut Encoder::new(out);
-    match (call.version, call.procedure) {
-        (_, 0) => {}
+    match args {
+        Args::Null => {}
         // SET and UNSET: this table is not open for registration.
-        (_, 1 | 2) => encoder.bool(false),
-        (2, 3) => {
-            let program = decoder.u32()?;
-            let version = decoder.u32()?;
-            let protocol = decoder.u32()?;
-            let _port = decoder.u32()?;
-            encoder.u32(u32::from(getport(&table, program, version, protocol)));
-        }
-        (2, 4) => {
+        Args::Register => encoder.bool(false),
+        Args::GetPort {
+            program,
+            version,
+            protocol,
+        } => encoder.u32(u32::from(getport(&table, program, version, protocol))),
+        Args::Dump => {
             for mapping in &table {
                 encoder.bool(true);
                 encoder.u32(mapping.program);
@@ -168,17 +235,23 @@ pub fn call(
             }
             encoder.bool(false);
         }
-        (3 | 4, 3) | (4, 9) => {
-            let program = decoder.u32()?;
-            let version = decoder.u32()?;
-            let netid = decoder.opaque(MAX_STRING)?;
-            let _address = decoder.opaque(MAX_STRING)?;
-            let _owner = decoder.opaque(MAX_STRING)?;
-            let exact = call.procedure == 9;
-            let address = getaddr(&table, program, version, netid, connection.local, exact);
+        Args::GetAddr {
+            program,
+            version,
+            netid,
+            exact_version,
+        } => {
+            let address = getaddr(
+                &table,
+                program,
+                version,
+                netid,
+                connection.local,
+                exact_version,
+            );
             let _ = encoder.string(&address, MAX_STRING);
         }
-        (3 | 4, 4) => {
+        Args::RpcbDump => {
             for mapping in &table {
                 for v6 in [false, true] {
                     let wildcard = if v6 {
@@ -197,13 +270,12 @@ pub fn call(
             }
             encoder.bool(false);
         }
-        (3 | 4, 6) => {
+        Args::GetTime => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_secs());
             encoder.u32(u32::try_from(now).unwrap_or(u32::MAX));
         }
-        _ => return Err(ProcError::ProcUnavail),
     }
     Ok(())
 }
@@ -256,6 +328,82 @@ mod tests {
                 getaddr(&table, program, version, netid.as_bytes(), local, exact),
                 expected,
                 "{program} v{version} {netid} exact={exact}"
+            );
+        }
+    }
+
+    fn words(values: &[u32]) -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|value| value.to_be_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn arguments_table() {
+        let rpcb = [
+            &words(&[NFS_PROGRAM, 3, 3])[..],
+            b"tcp\0",
+            &words(&[0, 0])[..], // empty address and owner
+        ]
+        .concat();
+        let getaddr = |exact_version| {
+            Ok(Args::GetAddr {
+                program: NFS_PROGRAM,
+                version: 3,
+                netid: b"tcp",
+                exact_version,
+            })
+        };
+        let long_netid = words(&[NFS_PROGRAM, 3, MAX_STRING + 1]);
+        type Expected<'a> = Result<Args<'a>, ProcError>;
+        let cases: Vec<(u32, u32, Vec<u8>, Expected<'_>)> = vec![
+            (2, 0, vec![], Ok(Args::Null)),
+            (4, 0, vec![], Ok(Args::Null)),
+            // SET and UNSET are refused whatever their arguments say.
+            (2, 1, vec![], Ok(Args::Register)),
+            (3, 2, vec![0xff], Ok(Args::Register)),
+            (
+                2,
+                3,
+                words(&[MOUNT_PROGRAM, 3, IPPROTO_TCP, 99]),
+                Ok(Args::GetPort {
+                    program: MOUNT_PROGRAM,
+                    version: 3,
+                    protocol: IPPROTO_TCP,
+                }),
+            ),
+            (
+                2,
+                3,
+                words(&[MOUNT_PROGRAM, 3, IPPROTO_TCP]),
+                Err(ProcError::GarbageArgs),
+            ),
+            (2, 4, vec![], Ok(Args::Dump)),
+            (2, 5, vec![], Err(ProcError::ProcUnavail)),
+            (3, 3, rpcb.clone(), getaddr(false)),
+            (4, 3, rpcb.clone(), getaddr(false)),
+            (4, 9, rpcb.clone(), getaddr(true)),
+            // GETVERSADDR is a version 4 procedure only.
+            (3, 9, rpcb.clone(), Err(ProcError::ProcUnavail)),
+            // The owner must be present even though it is ignored.
+            (
+                4,
+                3,
+                rpcb[..rpcb.len() - 4].to_vec(),
+                Err(ProcError::GarbageArgs),
+            ),
+            (4, 3, long_netid, Err(ProcError::GarbageArgs)),
+            (3, 4, vec![], Ok(Args::RpcbDump)),
+            (4, 6, vec![], Ok(Args::GetTime)),
+            (2, 6, vec![], Err(ProcError::ProcUnavail)),
+            (4, 12, vec![], Err(ProcError::ProcUnavail)),
+        ];
+        for (version, procedure, bytes, expected) in cases {
+            assert_eq!(
+                decode_args(version, procedure, &bytes),
+                expected,
+                "v{version} procedure {procedure}"
             );
         }
     }
