@@ -655,3 +655,69 @@ fn smb_clients_survive_a_killed_node_and_a_killed_smbd() {
         describe(&output)
     );
 }
+
+/// Runs `vipgate ARGS` on `host` with Samba's programs hidden: tmpfs over the sbin directories
+/// and /dev/null over smbpasswd and pdbedit (in the host's private mount namespace, so nothing
+/// outside sees it), and a PATH without sbin.
+/// Bounded by `timeout`, in case the command does not fail as it should.
+fn without_samba(lab: &Lab, host: &str, args: &[&str]) -> Output {
+    let script = r#"for dir in /usr/sbin /usr/local/sbin /sbin; do
+  if [ -d "$dir" ] && [ ! -L "$dir" ]; then mount -t tmpfs vipgate-test "$dir" || exit 99; fi
+done
+for program in /usr/bin/smbpasswd /usr/bin/pdbedit; do
+  if [ -e "$program" ]; then mount --bind /dev/null "$program" || exit 99; fi
+done
+PATH=/usr/bin:/bin exec timeout 30 "$@""#;
+    lab.command(host, "sh")
+        .unwrap()
+        .args(["-c", script, "sh", VIPGATE])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn without_samba_installed_a_managing_node_and_smb_user_say_so() {
+    let test = "without_samba_installed_a_managing_node_and_smb_user_say_so";
+    if !common::root_or_skip(test) || !samba_or_skip(test) {
+        return;
+    }
+    // A one-node cluster whose file has `smb.manage: true`; its node is stopped again, so the
+    // same node can be started once more with Samba hidden.
+    let lab = common::lab("sn", 1, 0);
+    lab.start_cluster(Path::new(VIPGATE)).unwrap();
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        smbd_pid(&lab, "node1").is_some()
+    }));
+    lab.node_daemon("node1")
+        .unwrap()
+        .unwrap()
+        .signal(Signal::SIGTERM);
+    assert!(
+        common::wait_until(Duration::from_secs(30), || lab
+            .node_daemon("node1")
+            .unwrap()
+            .is_none()),
+        "node1 did not stop\n{}",
+        logs(&lab)
+    );
+
+    let node = without_samba(&lab, "node1", &["node", "--name", "node1"]);
+    let stderr = String::from_utf8_lossy(&node.stderr);
+    assert_eq!(node.status.code(), Some(1), "{}", describe(&node));
+    assert!(
+        stderr.contains("smb.manage is true, but smbd cannot be run")
+            && stderr.contains("samba is not installed: no smbd in /usr/sbin")
+            && stderr.contains("apt-get install samba"),
+        "{stderr}"
+    );
+
+    let users = without_samba(&lab, "node1", &["smb-user", "delete", "demo"]);
+    let stderr = String::from_utf8_lossy(&users.stderr);
+    assert_eq!(users.status.code(), Some(1), "{}", describe(&users));
+    assert!(
+        stderr.contains("samba is not installed: no smbpasswd"),
+        "{stderr}"
+    );
+}

@@ -403,11 +403,23 @@ fn check_dns_label(label: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Text that goes into smb.conf verbatim: Samba expands `%` sequences everywhere (`%U` is the
+/// user, `%m` the client...), so a `%` would silently become something else.
+pub(crate) fn check_no_samba_variable(text: &str) -> Result<(), String> {
+    if text.contains('%') {
+        return Err(format!(
+            "{text:?} contains '%', which Samba would expand as a variable"
+        ));
+    }
+    Ok(())
+}
+
 /// An SMB share name as Samba accepts it, excluding its special sections.
 pub(crate) fn check_share_name(text: &str) -> Result<(), String> {
     if text.is_empty() {
         return Err("the share name is empty".to_owned());
     }
+    check_no_samba_variable(text)?;
     if text.chars().count() > MAX_SHARE_NAME_LEN {
         return Err(format!(
             "{text:?} is longer than {MAX_SHARE_NAME_LEN} characters"
@@ -446,7 +458,7 @@ pub(crate) fn check_user_name(text: &str) -> Result<(), String> {
             "{text:?} contains {bad:?}; give one user per list entry"
         ));
     }
-    Ok(())
+    check_no_samba_variable(text)
 }
 
 #[cfg(test)]
@@ -701,6 +713,7 @@ mod tests {
             ("a/b", "'/'"),
             ("x[1]", "'['"),
             ("Global", "reserved"),
+            ("50%", "'%'"),
             ("IPC$", "reserved"),
             (" a", "whitespace"),
             (&"s".repeat(81), "longer than 80"),

@@ -749,7 +749,8 @@ impl Checker<'_> {
             }
             let local_path = self.check(
                 &format!("{path}.path"),
-                rules::parse_volume_relative_path(&raw.path),
+                rules::check_no_samba_variable(&raw.path)
+                    .and_then(|()| rules::parse_volume_relative_path(&raw.path)),
             );
             let valid_users = match &raw.valid_users {
                 None => Some(None),

@@ -187,6 +187,15 @@ fn cases() -> Vec<Case> {
             ],
         ),
         appended(
+            "samba variables",
+            "smb:\n  shares:\n    - {name: \"50%\", path: \"a%U\", valid_users: [bob, \"%u\"]}\n",
+            &[
+                (15, 14, "smb.shares[0].name", "\"50%\" contains '%', which Samba would expand"),
+                (15, 27, "smb.shares[0].path", "\"a%U\" contains '%'"),
+                (15, 53, "smb.shares[0].valid_users[1]", "\"%u\" contains '%'"),
+            ],
+        ),
+        appended(
             "dns",
             "dns:\n  zone: vipgate..example\n  ttl: 7200\n  port: 0\n  names:\n    - {name: nfs, addresses: [192.0.2.101/25, 192.0.2.199]}\n    - {name: NFS, addresses: all}\n    - {name: smb.gw.example, addresses: all}\n",
             &[

@@ -243,6 +243,10 @@ impl Smbd {
     /// smbd will read it. Does not start smbd yet.
     pub fn prepare(options: SmbdOptions, text: &str) -> Result<(Smbd, SmbdHandle), SuperviseError> {
         create_directories(&options.paths)?;
+        // A node that was killed outright took smbd with it (PR_SET_PDEATHSIG), but not the
+        // helpers that detach from smbd: stop those before they serve a new smbd's clients with
+        // the old configuration.
+        stop_helpers(&options.paths);
         let config = options.paths.config();
         write_if_changed(&config, text).map_err(|source| SuperviseError::Write {
             path: config,
@@ -582,6 +586,47 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         condition()
+    }
+
+    /// A helper left by a node that was killed outright (its pid file names it, and it runs
+    /// with this node's configuration) is stopped when smbd is prepared again; a process with
+    /// another configuration behind a stale pid file is left alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn preparing_stops_the_helpers_a_killed_node_left_behind() {
+        let directory = tempfile::tempdir().unwrap();
+        let paths = SambaPaths::under(directory.path());
+        create_directories(&paths).unwrap();
+        // A shell that waits for a child keeps its arguments, so its command line carries the
+        // `--configfile=` the helper's would.
+        let spawn_waiting = |config: &str| {
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    "trap 'kill $!; exit 0' TERM; sleep 30 & wait",
+                    "samba-dcerpcd",
+                ])
+                .arg(format!("--configfile={config}"))
+                .spawn()
+                .unwrap()
+        };
+        let mut ours = spawn_waiting(&paths.config().display().to_string());
+        let mut other = spawn_waiting("/etc/samba/smb.conf");
+        let pid_file = paths.root().join("run").join("samba-dcerpcd.pid");
+        std::fs::write(&pid_file, format!("{}\n", ours.id())).unwrap();
+        let options = SmbdOptions {
+            program: PathBuf::from("/nonexistent/smbd"),
+            paths: paths.clone(),
+            backoff: Backoff::default(),
+            stop_timeout: Duration::from_secs(5),
+        };
+        let _prepared = Smbd::prepare(options.clone(), "config").unwrap();
+        assert!(eventually(|| ours.try_wait().unwrap().is_some()).await);
+        // The pid file now names a process of another configuration: not ours to stop.
+        std::fs::write(&pid_file, format!("{}\n", other.id())).unwrap();
+        let _prepared = Smbd::prepare(options, "config").unwrap();
+        assert!(other.try_wait().unwrap().is_none());
+        signal(other.id(), libc::SIGTERM);
+        other.wait().unwrap();
     }
 
     /// The supervisor's shell against a stand-in for smbd: a script that records its start,
