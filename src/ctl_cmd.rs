@@ -35,7 +35,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
-use vipd::control::{ClusterStatus, IpReport, IpStatus, NodeStatus, Request, Response};
+use vipd::control::{ClusterStatus, IpReport, IpStatus, NodeStatus, RaftRole, Request, Response};
 
 use crate::{DEFAULT_CONFIG, Globals};
 
@@ -478,6 +478,9 @@ fn node_state(node: &NodeStatus, this: bool) -> String {
     {
         let _ = write!(state, " (ban ends in {seconds}s)");
     }
+    if node.raft == RaftRole::Learner {
+        state.push_str(" (LEARNER: catching up, not voting yet)");
+    }
     if this {
         state.push_str(" (THIS NODE)");
     }
@@ -644,6 +647,7 @@ mod tests {
             flags: NodeFlags::default(),
             ban_left_secs: None,
             failing_probes: vec![],
+            raft: RaftRole::Voter,
         }
     }
 
@@ -755,10 +759,14 @@ mod tests {
         };
         status.nodes[1].failing_probes.clear();
         status.nodes[1].ban_left_secs = Some(30);
-        status.nodes[2].flags = NodeFlags::default();
+        status.nodes[2].flags = NodeFlags {
+            leaving: true,
+            ..NodeFlags::default()
+        };
         status
             .nodes
             .push(node(10, "gateway-eleven", "2001:db8::11"));
+        status.nodes[3].raft = RaftRole::Learner;
         status.nodes[3].failing_probes = vec!["nfs: no answer".into(), "smbd:\nexited".into()];
         status.nodes[3].flags.unhealthy = true;
         assert_eq!(
@@ -766,8 +774,8 @@ mod tests {
             "Number of nodes:4\n\
              pnn:0   node1           198.51.100.11  DISABLED\n\
              pnn:1   node2           198.51.100.12  BANNED (ban ends in 30s)\n\
-             pnn:2   node3           198.51.100.13  OK\n\
-             pnn:10  gateway-eleven  2001:db8::11   UNHEALTHY (nfs: no answer; smbd: exited) (THIS NODE)\n\
+             pnn:2   node3           198.51.100.13  LEAVING\n\
+             pnn:10  gateway-eleven  2001:db8::11   UNHEALTHY (nfs: no answer; smbd: exited) (LEARNER: catching up, not voting yet) (THIS NODE)\n\
              Leader:none  Term:4  Commit index:118  Applied index:118\n"
         );
         let empty = ClusterStatus {

@@ -48,6 +48,7 @@ fn node(pnn: u32, name: &str, address: &str, flags: NodeFlags) -> NodeStatus {
         flags,
         ban_left_secs: None,
         failing_probes: vec![],
+        raft: vipd::control::RaftRole::Voter,
     }
 }
 

@@ -259,6 +259,20 @@ fn nodes_are_removed_added_and_readdressed_at_runtime() {
         std::fs::remove_dir_all(cluster::data_dir(lab.name(), "node4")).unwrap();
         let added = succeeds(&lab, "node2", &["node", "add", "node4", &node4]);
         assert!(added.contains("node4 is pnn 4"), "{added}");
+        // Not started yet: a member that is a Raft learner (it costs no quorum) and
+        // disconnected; `vipgate status` says so.
+        assert!(
+            common::wait_until(DEADLINE, || node_entry(&lab, "node1", "node4").is_some_and(
+                |node| node["raft"] == "learner" && node["flags"]["disconnected"] == true
+            )),
+            "{}",
+            status(&lab, "node1")
+        );
+        let (_, text, _) = vipgate(&lab, "node1", &["status"]);
+        assert!(
+            text.contains("node4  198.51.100.14  DISCONNECTED|UNHEALTHY (LEARNER: catching up, not voting yet)"),
+            "{text}"
+        );
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(cluster::log_path(lab.name(), "node4"))

@@ -19,11 +19,19 @@ pub const MOVE_DEADLINE: Duration = Duration::from_secs(8);
 
 /// Which nodes have each VIP configured now.
 pub fn holders(lab: &Lab) -> BTreeMap<IpAddr, Vec<&'static str>> {
+    holders_read_in(lab, NODES)
+}
+
+/// [`holders`], reading the nodes one after another in the order given.
+fn holders_read_in(
+    lab: &Lab,
+    order: impl IntoIterator<Item = &'static str>,
+) -> BTreeMap<IpAddr, Vec<&'static str>> {
     let mut holders: BTreeMap<IpAddr, Vec<&'static str>> = cluster::vip_addresses()
         .into_iter()
         .map(|vip| (vip, Vec::new()))
         .collect();
-    for node in NODES {
+    for node in order {
         let Ok(addresses) = lab.addresses(node) else {
             continue;
         };
@@ -40,7 +48,8 @@ pub fn all_hosted(lab: &Lab) -> bool {
     holders(lab).values().all(|nodes| nodes.len() == 1)
 }
 
-/// Samples every node's addresses every 20 ms until stopped; records double ownership.
+/// Samples every node's addresses every 20 ms until stopped; records double ownership (confirmed
+/// by a second read in the reverse order, see [`Sampler::run`]).
 pub struct Sampler<'a> {
     lab: &'a Lab,
     stop: AtomicBool,
@@ -62,12 +71,25 @@ impl<'a> Sampler<'a> {
         let start = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let round = Instant::now();
-            for (vip, nodes) in holders(self.lab) {
-                if nodes.len() > 1 {
-                    self.duplicates
-                        .lock()
-                        .unwrap()
-                        .push((start.elapsed(), vip, nodes));
+            // The nodes are read one after another, so a planned move (a few ms from release
+            // to take) can fall between two reads and show the VIP on both. A VIP seen twice is
+            // read again in the reverse order: still on both means it was on both at once
+            // (unless it made two full moves meanwhile).
+            let suspects: Vec<IpAddr> = holders(self.lab)
+                .into_iter()
+                .filter(|(_, nodes)| nodes.len() > 1)
+                .map(|(vip, _)| vip)
+                .collect();
+            if !suspects.is_empty() {
+                let again = holders_read_in(self.lab, NODES.into_iter().rev());
+                for vip in suspects {
+                    if again[&vip].len() > 1 {
+                        self.duplicates.lock().unwrap().push((
+                            start.elapsed(),
+                            vip,
+                            again[&vip].clone(),
+                        ));
+                    }
                 }
             }
             *self.samples.lock().unwrap() += 1;

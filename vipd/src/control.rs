@@ -149,7 +149,9 @@ impl ClusterStatus {
 ///
 /// JSON fields: `pnn`, `name`, `cluster_address`, `flags` (a [`NodeFlags`] object),
 /// `ban_left_secs` (seconds until a ban ends, `null` unless banned), `failing_probes` (one string
-/// per failing health probe, `"volume: write probe timed out after 1s"`; empty when healthy).
+/// per failing health probe, `"volume: write probe timed out after 1s"`; empty when healthy),
+/// `raft` (`"voter"`; `"learner"` while a newly added node catches up before it votes; `"none"`
+/// for a member not in the Raft configuration yet or any more).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub pnn: u32,
@@ -158,10 +160,22 @@ pub struct NodeStatus {
     pub flags: NodeFlags,
     pub ban_left_secs: Option<u64>,
     pub failing_probes: Vec<String>,
+    #[serde(default)]
+    pub raft: RaftRole,
+}
+
+/// A member's place in the Raft configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RaftRole {
+    #[default]
+    Voter,
+    Learner,
+    None,
 }
 
 /// A node's state flags. JSON: an object of booleans `disconnected`, `unhealthy`, `disabled`,
-/// `banned`, `fenced`.
+/// `banned`, `fenced`, `leaving`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeFlags {
     /// No contact with this node (it is down, or cut off from the answering node).
@@ -174,6 +188,9 @@ pub struct NodeFlags {
     pub banned: bool,
     /// The cluster revoked its lease: whatever it believes, it holds no VIP.
     pub fenced: bool,
+    /// `vipgate node remove` is under way: it hands its VIPs over, then leaves the cluster.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 impl NodeFlags {
@@ -187,9 +204,12 @@ impl NodeFlags {
     pub const BANNED: u32 = 0x08;
     /// vipgate's own (ctdb leaves 0x40 unused): the cluster revoked the node's lease.
     pub const FENCED: u32 = 0x40;
+    /// vipgate's own: the node is being removed (`vipgate node remove`).
+    pub const LEAVING: u32 = 0x80;
 
     /// ctdb's bit values: DISCONNECTED 0x01, UNHEALTHY 0x02, PERMANENTLY_DISABLED 0x04, BANNED 0x08;
-    /// FENCED (vipgate's own: the cluster revoked the node's lease) 0x40.
+    /// FENCED (vipgate's own: the cluster revoked the node's lease) 0x40; LEAVING (vipgate's own:
+    /// the node is being removed) 0x80.
     pub fn bits(&self) -> u32 {
         [
             (self.disconnected, Self::DISCONNECTED),
@@ -197,6 +217,7 @@ impl NodeFlags {
             (self.disabled, Self::DISABLED),
             (self.banned, Self::BANNED),
             (self.fenced, Self::FENCED),
+            (self.leaving, Self::LEAVING),
         ]
         .iter()
         .filter(|(set, _)| *set)
@@ -212,6 +233,7 @@ impl NodeFlags {
             (self.banned, "BANNED"),
             (self.unhealthy, "UNHEALTHY"),
             (self.fenced, "FENCED"),
+            (self.leaving, "LEAVING"),
         ]
         .iter()
         .filter(|(set, _)| *set)
@@ -797,6 +819,7 @@ mod tests {
             flags: NodeFlags::default(),
             ban_left_secs: None,
             failing_probes: vec![],
+            raft: RaftRole::Voter,
         };
         ClusterStatus {
             this_node: 1,
@@ -820,8 +843,14 @@ mod tests {
             disabled: x,
             banned: b,
             fenced: f,
+            leaving: false,
+        };
+        let leaving = NodeFlags {
+            leaving: true,
+            ..NodeFlags::default()
         };
         let table = [
+            (leaving, 0x80, "LEAVING"),
             (flags(false, false, false, false, false), 0x00, "OK"),
             (
                 flags(true, false, false, false, false),

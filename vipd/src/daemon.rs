@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::announce::{Announcer, RawAnnouncer};
 use crate::apply::{AddressApplier, AddressChange, HeldVip, NetlinkApplier, reconcile};
 use crate::control::{
-    self, ClusterStatus, IpReport, IpStatus, NodeFlags, NodeStatus, Request, Response,
+    self, ClusterStatus, IpReport, IpStatus, NodeFlags, NodeStatus, RaftRole, Request, Response,
 };
 use crate::health::{self, MonitorSettings, Probe, VolumeProbe};
 use crate::lease::{Pnn, duration_ms};
@@ -1198,6 +1198,7 @@ fn flags<S: LogStore>(core: &NodeCore<S>, pnn: Pnn) -> NodeFlags {
         disabled: member.disabled,
         banned: member.banned_at(unix_ms()),
         fenced: member.fenced,
+        leaving: member.leaving,
     }
 }
 
@@ -1220,6 +1221,13 @@ fn status<S: LogStore>(core: &NodeCore<S>) -> ClusterStatus {
                     .filter(|until| *until > now)
                     .map(|until| (until - now).div_ceil(1000)),
                 failing_probes: member.failing.clone(),
+                raft: if core.voters().contains(pnn) {
+                    RaftRole::Voter
+                } else if core.learners().contains(pnn) {
+                    RaftRole::Learner
+                } else {
+                    RaftRole::None
+                },
             })
             .collect(),
         leader: core.leader(),

@@ -34,6 +34,7 @@ fn sample_status() -> ClusterStatus {
             flags: NodeFlags::default(),
             ban_left_secs: None,
             failing_probes: vec![],
+            raft: vipd::control::RaftRole::Voter,
         }],
         leader: Some(0),
         term: 4,
