@@ -9,9 +9,10 @@
 //! 3. [`DnsServer::bind`] then [`DnsServer::serve`], which answers every query from the latest
 //!    view with [`wire::respond`].
 //!
-//! `zone` and `wire` are pure; only `server` touches sockets.
+//! `zone` and `wire` are pure; only `server` and its UDP threads (`udp`) touch sockets.
 
 pub mod server;
+mod udp;
 pub mod wire;
 pub mod zone;
 

@@ -9,30 +9,27 @@
 //! kernel picks (hickory-dns issue #3401). Sockets also set `IP_FREEBIND`, so a listen address
 //! that is a VIP can be bound before the VIP arrives on this node.
 //!
-//! The query path holds no lock across an await: it clones the current `Arc<View>` out of the
-//! channel, answers synchronously into a reused buffer, and sends. TCP connections are bounded
-//! in number and idle time, and messages are at most 65535 bytes by their length prefix.
+//! Each UDP socket is served by a thread of its own in batches (the `udp` module); TCP stays on
+//! tokio. The TCP path holds no lock across an await: it clones the current `Arc<View>` out of
+//! the channel, answers synchronously into a reused buffer, and sends. TCP connections are
+//! bounded in number and idle time, and messages are at most 65535 bytes by their length prefix.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrStorage,
-    recvmsg, sendmsg, setsockopt, sockopt,
-};
+use nix::sys::socket::{setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::wire::{self, MAX_UDP_PAYLOAD, Transport};
+use crate::udp::UdpWorker;
+use crate::wire::{self, Transport};
 use crate::zone::View;
 
 /// Limits of the TCP side.
@@ -108,19 +105,23 @@ impl DnsServer {
             .collect()
     }
 
-    /// Answers queries from the latest view on `views` until `stop` is cancelled.
+    /// Answers queries from the latest view on `views` until `stop` is cancelled; returns once
+    /// every UDP thread and TCP task has ended.
     pub async fn serve(self, views: watch::Receiver<Arc<View>>, stop: CancellationToken) {
         let rotation = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(Semaphore::new(self.limits.tcp_connections));
-        let mut tasks = JoinSet::new();
+        // Dropping this future (rather than cancelling `stop`) stops the threads too.
+        let mut workers = Vec::new();
         for socket in self.udp {
-            tasks.spawn(serve_udp(
-                socket,
-                views.clone(),
-                rotation.clone(),
-                stop.clone(),
-            ));
+            let address = socket.local_addr().ok();
+            match UdpWorker::spawn(socket, views.clone(), rotation.clone()) {
+                Ok(worker) => workers.push(worker),
+                Err(error) => {
+                    tracing::error!(%error, ?address, "cannot start a DNS UDP thread");
+                }
+            }
         }
+        let mut tasks = JoinSet::new();
         for listener in self.tcp {
             tasks.spawn(serve_tcp(
                 listener,
@@ -131,10 +132,17 @@ impl DnsServer {
                 stop.clone(),
             ));
         }
+        stop.cancelled().await;
+        for worker in &workers {
+            worker.stop();
+        }
         while let Some(result) = tasks.join_next().await {
             if let Err(error) = result {
                 tracing::error!(%error, "a DNS listener failed");
             }
+        }
+        for worker in workers {
+            worker.finish().await;
         }
     }
 }
@@ -146,20 +154,28 @@ fn udp_socket(address: SocketAddr) -> io::Result<UdpSocket> {
         Some(Protocol::UDP),
     )?;
     socket.set_reuse_address(true)?;
+    // A socket bound to one unicast address answers from it anyway; only a wildcard (or
+    // multicast) socket needs each datagram's local address, which costs a control message
+    // each way per query.
+    let packet_info = address.ip().is_unspecified() || address.ip().is_multicast();
     match address {
         SocketAddr::V4(_) => {
             socket.set_freebind_v4(true)?;
-            setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)?;
+            if packet_info {
+                setsockopt(&socket, sockopt::Ipv4PacketInfo, &true)?;
+            }
         }
         SocketAddr::V6(_) => {
             socket.set_only_v6(true)?;
             socket.set_freebind_v6(true)?;
-            setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)?;
+            if packet_info {
+                setsockopt(&socket, sockopt::Ipv6RecvPacketInfo, &true)?;
+            }
         }
     }
-    socket.set_nonblocking(true)?;
+    // Blocking: its thread sleeps in `recvmmsg` (replies are sent with MSG_DONTWAIT).
     socket.bind(&address.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 fn tcp_listener(address: SocketAddr) -> io::Result<TcpListener> {
@@ -180,145 +196,6 @@ fn tcp_listener(address: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&address.into())?;
     socket.listen(256)?;
     TcpListener::from_std(socket.into())
-}
-
-/// The local address a datagram was sent to, from its packet-info control message.
-#[derive(Debug, Clone, Copy)]
-enum Local {
-    V4(libc::in_pktinfo),
-    V6(libc::in6_pktinfo),
-}
-
-/// Datagrams answered before the task yields to others.
-const UDP_BATCH: usize = 64;
-
-async fn serve_udp(
-    socket: UdpSocket,
-    views: watch::Receiver<Arc<View>>,
-    rotation: Arc<AtomicUsize>,
-    stop: CancellationToken,
-) {
-    let fd = socket.as_raw_fd();
-    // The largest UDP payload there is; anything a client sends fits.
-    let mut buffer = vec![0u8; 65535];
-    let mut out = Vec::with_capacity(usize::from(MAX_UDP_PAYLOAD));
-    let mut control = nix::cmsg_space!(libc::in6_pktinfo);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            ready = socket.readable() => {
-                if let Err(error) = ready {
-                    tracing::error!(%error, "the DNS UDP socket failed");
-                    return;
-                }
-            }
-        }
-        for _ in 0..UDP_BATCH {
-            let received = socket.try_io(Interest::READABLE, || {
-                receive(fd, &mut buffer, &mut control)
-            });
-            let (length, peer, local) = match received {
-                Ok(received) => received,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) => {
-                    tracing::debug!(%error, "a DNS datagram could not be read");
-                    continue;
-                }
-            };
-            // Never answer port 0 (unreachable) and never answer from a multicast address.
-            if peer.port() == 0 || local.is_some_and(|local| local.is_multicast()) {
-                continue;
-            }
-            let view = views.borrow().clone();
-            let turn = rotation.fetch_add(1, Ordering::Relaxed);
-            let Some(packet) = buffer.get(..length) else {
-                continue;
-            };
-            if wire::respond(&view, packet, Transport::Udp, turn, &mut out)
-                && let Err(error) = send(fd, &out, peer, local)
-            {
-                // A full send buffer or an unreachable peer loses this reply, as UDP may.
-                tracing::debug!(%error, %peer, "a DNS reply could not be sent");
-            }
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
-impl Local {
-    fn is_multicast(self) -> bool {
-        match self {
-            Local::V4(_) => false,
-            Local::V6(info) => Ipv6Addr::from(info.ipi6_addr.s6_addr).is_multicast(),
-        }
-    }
-}
-
-fn receive(
-    fd: RawFd,
-    buffer: &mut [u8],
-    control: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Option<Local>)> {
-    let mut iov = [IoSliceMut::new(buffer)];
-    let message = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(control), MsgFlags::empty())
-        .map_err(io::Error::from)?;
-    let peer = message
-        .address
-        .and_then(|address| {
-            if let Some(v4) = address.as_sockaddr_in() {
-                Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-            } else {
-                address
-                    .as_sockaddr_in6()
-                    .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-            }
-        })
-        .ok_or_else(|| io::Error::other("a datagram without a source address"))?;
-    let mut local = None;
-    if let Ok(messages) = message.cmsgs() {
-        for control in messages {
-            match control {
-                ControlMessageOwned::Ipv4PacketInfo(info) => local = Some(Local::V4(info)),
-                ControlMessageOwned::Ipv6PacketInfo(info) => local = Some(Local::V6(info)),
-                _ => {}
-            }
-        }
-    }
-    Ok((message.bytes, peer, local))
-}
-
-/// Sends `data` to `peer` from the address the query came to.
-fn send(fd: RawFd, data: &[u8], peer: SocketAddr, local: Option<Local>) -> io::Result<usize> {
-    let iov = [IoSlice::new(data)];
-    let flags = MsgFlags::MSG_DONTWAIT;
-    let sent = match (peer, local) {
-        (SocketAddr::V4(peer), Some(Local::V4(info))) => {
-            // The kernel's "local address" of the packet is the source to answer from; the
-            // interface is left to routing.
-            let source = libc::in_pktinfo {
-                ipi_ifindex: 0,
-                ipi_spec_dst: info.ipi_spec_dst,
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            };
-            sendmsg(
-                fd,
-                &iov,
-                &[ControlMessage::Ipv4PacketInfo(&source)],
-                flags,
-                Some(&SockaddrIn::from(peer)),
-            )
-        }
-        (SocketAddr::V6(peer), Some(Local::V6(info))) => sendmsg(
-            fd,
-            &iov,
-            &[ControlMessage::Ipv6PacketInfo(&info)],
-            flags,
-            Some(&SockaddrIn6::from(peer)),
-        ),
-        (SocketAddr::V4(peer), _) => sendmsg(fd, &iov, &[], flags, Some(&SockaddrIn::from(peer))),
-        (SocketAddr::V6(peer), _) => sendmsg(fd, &iov, &[], flags, Some(&SockaddrIn6::from(peer))),
-    };
-    sent.map_err(io::Error::from)
 }
 
 async fn serve_tcp(
