@@ -19,8 +19,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use vipgate::lab::{Lab, cluster};
@@ -30,21 +28,7 @@ const VIPGATE: &str = env!("CARGO_BIN_EXE_vipgate");
 const DEADLINE: Duration = Duration::from_secs(15);
 
 fn holders(lab: &Lab) -> BTreeMap<IpAddr, Vec<&'static str>> {
-    let mut holders: BTreeMap<IpAddr, Vec<&'static str>> = cluster::vip_addresses()
-        .into_iter()
-        .map(|vip| (vip, Vec::new()))
-        .collect();
-    for node in NODES {
-        let Ok(addresses) = lab.addresses(node) else {
-            continue;
-        };
-        for address in addresses {
-            if let Some(list) = holders.get_mut(&address.address.addr()) {
-                list.push(node);
-            }
-        }
-    }
-    holders
+    common::cluster::holders_read_in(lab, NODES)
 }
 
 fn held_by(lab: &Lab, node: &str) -> usize {
@@ -59,38 +43,6 @@ fn one_each(lab: &Lab, nodes: &[&str]) -> bool {
     let holders = holders(lab);
     holders.values().all(|holders| holders.len() == 1)
         && nodes.iter().all(|node| held_by(lab, node) >= 1)
-}
-
-/// Records every instant at which a VIP is on two nodes.
-struct Sampler<'a> {
-    lab: &'a Lab,
-    stop: AtomicBool,
-    duplicates: Mutex<Vec<(Duration, IpAddr, Vec<&'static str>)>>,
-}
-
-impl Sampler<'_> {
-    fn run(&self) {
-        let start = Instant::now();
-        while !self.stop.load(Ordering::Relaxed) {
-            for (vip, nodes) in holders(self.lab) {
-                if nodes.len() > 1 {
-                    self.duplicates
-                        .lock()
-                        .unwrap()
-                        .push((start.elapsed(), vip, nodes));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-struct StopOnDrop<'s, 'a>(&'s Sampler<'a>);
-
-impl Drop for StopOnDrop<'_, '_> {
-    fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Runs `vipgate ARGS` on `host`; returns (exit code, stdout, stderr).
@@ -191,13 +143,9 @@ fn nodes_are_removed_added_and_readdressed_at_runtime() {
         holders(&lab),
         logs(&lab)
     );
-    let sampler = Sampler {
-        lab: &lab,
-        stop: AtomicBool::new(false),
-        duplicates: Mutex::new(Vec::new()),
-    };
+    let sampler = common::cluster::Sampler::of(&lab, &NODES);
     std::thread::scope(|scope| {
-        let _stop = StopOnDrop(&sampler);
+        let _stop = sampler.stop_on_drop();
         scope.spawn(|| sampler.run());
         let node4 = cluster_address(&lab, "node4").to_string();
 
@@ -336,8 +284,8 @@ fn nodes_are_removed_added_and_readdressed_at_runtime() {
         // ends soon after).
         let held = held_by(&lab, "node3");
         assert!(held > 0);
-        let watch_until = std::time::Instant::now() + Duration::from_secs(4);
-        while std::time::Instant::now() < watch_until {
+        let watch_until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < watch_until {
             assert_eq!(
                 held_by(&lab, "node3"),
                 held,
@@ -387,13 +335,6 @@ fn nodes_are_removed_added_and_readdressed_at_runtime() {
             logs(&lab)
         );
     });
-    let duplicates = sampler.duplicates.lock().unwrap();
-    assert!(
-        duplicates.is_empty(),
-        "a VIP was on two nodes {} times; first: {:?}",
-        duplicates.len(),
-        duplicates.first()
-    );
-    drop(duplicates);
+    sampler.assert_clean();
     lab.teardown().unwrap();
 }

@@ -23,7 +23,7 @@ pub fn holders(lab: &Lab) -> BTreeMap<IpAddr, Vec<&'static str>> {
 }
 
 /// [`holders`], reading the nodes one after another in the order given.
-fn holders_read_in(
+pub fn holders_read_in(
     lab: &Lab,
     order: impl IntoIterator<Item = &'static str>,
 ) -> BTreeMap<IpAddr, Vec<&'static str>> {
@@ -52,6 +52,7 @@ pub fn all_hosted(lab: &Lab) -> bool {
 /// by a second read in the reverse order, see [`Sampler::run`]).
 pub struct Sampler<'a> {
     lab: &'a Lab,
+    nodes: &'static [&'static str],
     stop: AtomicBool,
     duplicates: Mutex<Vec<(Duration, IpAddr, Vec<&'static str>)>>,
     samples: Mutex<u64>,
@@ -59,8 +60,14 @@ pub struct Sampler<'a> {
 
 impl<'a> Sampler<'a> {
     pub fn new(lab: &'a Lab) -> Sampler<'a> {
+        Sampler::of(lab, &NODES)
+    }
+
+    /// A sampler of a lab whose nodes are `nodes`.
+    pub fn of(lab: &'a Lab, nodes: &'static [&'static str]) -> Sampler<'a> {
         Sampler {
             lab,
+            nodes,
             stop: AtomicBool::new(false),
             duplicates: Mutex::new(Vec::new()),
             samples: Mutex::new(0),
@@ -75,13 +82,13 @@ impl<'a> Sampler<'a> {
             // to take) can fall between two reads and show the VIP on both. A VIP seen twice is
             // read again in the reverse order: still on both means it was on both at once
             // (unless it made two full moves meanwhile).
-            let suspects: Vec<IpAddr> = holders(self.lab)
+            let suspects: Vec<IpAddr> = holders_read_in(self.lab, self.nodes.iter().copied())
                 .into_iter()
                 .filter(|(_, nodes)| nodes.len() > 1)
                 .map(|(vip, _)| vip)
                 .collect();
             if !suspects.is_empty() {
-                let again = holders_read_in(self.lab, NODES.into_iter().rev());
+                let again = holders_read_in(self.lab, self.nodes.iter().rev().copied());
                 for vip in suspects {
                     if again[&vip].len() > 1 {
                         self.duplicates.lock().unwrap().push((
