@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::cluster::logs;
 use vipgate::lab::{Lab, cluster};
 
 const NODES: [&str; 4] = ["node1", "node2", "node3", "node4"];
@@ -104,22 +105,6 @@ fn ok_everywhere(lab: &Lab, hosts: &[&str], name: &str) -> bool {
                 .all(|flag| flag == false)
         })
     })
-}
-
-fn logs(lab: &Lab) -> String {
-    NODES
-        .iter()
-        .map(|node| {
-            let text =
-                std::fs::read_to_string(cluster::log_path(lab.name(), node)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            format!(
-                "--- {node} ---\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn cluster_address(lab: &Lab, host: &str) -> IpAddr {
