@@ -32,6 +32,9 @@
 //! ([`server::bind_wildcard`] for 2049 and 111), and run [`serve`] until a
 //! `CancellationToken` is cancelled.
 //!
+//! When port 111 is taken by the machine's own rpcbind, [`rpcbind_client`] registers MOUNT and
+//! NFS with it instead.
+//!
 //! [`smb`] is the Samba side: the rendered `smb.conf`, the supervised smbd and its probe.
 
 pub mod creds;
@@ -44,6 +47,7 @@ pub mod nfs3;
 pub mod portmap;
 pub mod record;
 pub mod rpc;
+pub mod rpcbind_client;
 pub mod server;
 pub mod service;
 pub mod smb;
