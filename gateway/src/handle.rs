@@ -76,18 +76,28 @@ impl fmt::Debug for ObjectId {
 }
 
 /// The secret that seals handles; the same on every node of a cluster.
+///
+/// It is kept as the two SHA-256 states of HMAC after their padded key blocks, so that sealing
+/// or checking a handle hashes two blocks instead of four (READDIRPLUS seals one handle per
+/// entry: the key blocks were half of that cost).
 #[derive(Clone)]
-pub struct HandleKey([u8; 32]);
+pub struct HandleKey {
+    inner: Sha256,
+    outer: Sha256,
+}
 
 impl HandleKey {
     /// Derives the handle key from the cluster secret, so that it is the same on every node and
     /// changes only if the secret does.
     pub fn from_cluster_secret(secret: &[u8]) -> Self {
-        HandleKey(hmac_sha256(secret, b"vipgate nfs file handle key v1"))
+        let key = hmac_sha256(secret, b"vipgate nfs file handle key v1");
+        let (inner, outer) = hmac_states(&key);
+        HandleKey { inner, outer }
     }
 
     fn mac(&self, message: &[u8]) -> [u8; MAC_LENGTH] {
-        let full = hmac_sha256(&self.0, message);
+        let inner = self.inner.clone().chain_update(message).finalize();
+        let full: [u8; 32] = self.outer.clone().chain_update(inner).finalize().into();
         let mut mac = [0u8; MAC_LENGTH];
         mac.copy_from_slice(&full[..MAC_LENGTH]);
         mac
@@ -102,6 +112,13 @@ impl fmt::Debug for HandleKey {
 
 /// HMAC (RFC 2104) with SHA-256.
 fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let (inner, outer) = hmac_states(key);
+    let inner = inner.chain_update(message).finalize();
+    outer.chain_update(inner).finalize().into()
+}
+
+/// HMAC-SHA-256's inner and outer hash states after the key XOR ipad and opad blocks.
+fn hmac_states(key: &[u8]) -> (Sha256, Sha256) {
     const BLOCK: usize = 64;
     let mut block_key = [0u8; BLOCK];
     if key.len() > BLOCK {
@@ -110,15 +127,10 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
         block_key[..key.len()].copy_from_slice(key);
     }
     let pad = |byte: u8| block_key.map(|key_byte| key_byte ^ byte);
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
+    (
+        Sha256::new().chain_update(pad(0x36)),
+        Sha256::new().chain_update(pad(0x5c)),
+    )
 }
 
 /// Why handle bytes were refused.
@@ -378,6 +390,19 @@ mod tests {
 
     fn key() -> HandleKey {
         HandleKey::from_cluster_secret(b"a cluster secret of some length")
+    }
+
+    #[test]
+    fn the_precomputed_key_states_give_the_plain_hmac() {
+        let secret = b"a cluster secret of some length";
+        let derived = hmac_sha256(secret, b"vipgate nfs file handle key v1");
+        let key = HandleKey::from_cluster_secret(secret);
+        for message in [&b""[..], b"x", &[7; 63], &[9; 64], &[1; 200]] {
+            assert_eq!(
+                key.mac(message)[..],
+                hmac_sha256(&derived, message)[..MAC_LENGTH]
+            );
+        }
     }
 
     fn handle(object: &[u8]) -> FileHandle {

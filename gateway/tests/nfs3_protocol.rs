@@ -215,6 +215,8 @@ fn files_directories_and_links_through_every_procedure() {
     );
     assert_eq!(nfs.read(&file, 7, 3).unwrap(), (b"wor".to_vec(), false));
     assert_eq!(nfs.read(&file, 100, 10).unwrap(), (Vec::new(), true));
+    // An offset beyond what lseek/pread take is still just past the end.
+    assert_eq!(nfs.read(&file, u64::MAX, 10).unwrap(), (Vec::new(), true));
     assert_eq!(
         std::fs::read(volume.path().join("data/hello.txt")).unwrap(),
         b"hello, world"
