@@ -606,6 +606,9 @@ mod tests {
                     "samba-dcerpcd",
                 ])
                 .arg(format!("--configfile={config}"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
         };
