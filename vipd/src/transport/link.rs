@@ -103,9 +103,10 @@ pub(crate) struct Established {
 /// Who opens the connection of a pair: the node with the lower id.
 #[derive(Debug, Clone)]
 pub(crate) enum Role {
-    /// The peer's address, which `set_peers` may change: the next dial uses the new one, while
-    /// a connection that is up stays up (the peer may still be listening at its old address
-    /// only, until it hears of its move over that very connection).
+    /// The peer's address, which `set_peers` may change: the link then dials the new one while
+    /// the connection that is up keeps serving (the peer may still be listening at its old
+    /// address only, until it hears of its move over that very connection), and switches once
+    /// the new one is up.
     Dial(Arc<Mutex<SocketAddr>>),
     Accept,
 }
