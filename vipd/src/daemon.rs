@@ -19,7 +19,9 @@ use cluster_config::{ClusterConfig, Node};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::announce::{Announcer, RawAnnouncer};
-use crate::apply::{AddressApplier, AddressChange, HeldVip, NetlinkApplier, reconcile};
+use crate::apply::{
+    AddressApplier, AddressChange, HeldVip, NetlinkApplier, lifetime_for, reconcile,
+};
 use crate::control::{
     self, ClusterStatus, IpReport, IpStatus, NodeFlags, NodeStatus, RaftRole, Request, Response,
 };
@@ -612,7 +614,7 @@ impl Kernel {
             // The lifetime only shrinks while the clock runs, so this settles in two rounds;
             // the bound is a guard.
             for _ in 0..3 {
-                self.reconcile(&core.held(), core).await;
+                self.reconcile(&core.held(), core, &clock).await;
                 self.last_applied = Some(shape);
                 self.last_renewal = Instant::now();
                 let (now_ms, now_unix_ms) = clock();
@@ -626,7 +628,12 @@ impl Kernel {
         core.kernel_has(&self.present);
     }
 
-    async fn reconcile<S: LogStore>(&mut self, held: &[HeldVip], core: &NodeCore<S>) {
+    async fn reconcile<S: LogStore>(
+        &mut self,
+        held: &[HeldVip],
+        core: &NodeCore<S>,
+        clock: &impl Fn() -> (u64, u64),
+    ) {
         let present = match self.applier.addresses().await {
             Ok(present) => present,
             Err(error) => {
@@ -656,6 +663,13 @@ impl Kernel {
                     }
                 }
             }
+            // `held` was decided before the kernel was read, and the daemon may have been
+            // paused since (SIGSTOP, a stalled VM): an address is added or renewed only for
+            // the lease left by the clock right now, and not at all once it is over, so a
+            // paused daemon never puts back an address the cluster has moved meanwhile.
+            let Some(change) = within_lease(change, core.lease_left_at(clock().0)) else {
+                continue;
+            };
             match self.applier.apply(&change).await {
                 Ok(()) => match &change {
                     AddressChange::Add {
@@ -722,6 +736,33 @@ fn held_shape(held: &[HeldVip]) -> HeldShape {
             )
         })
         .collect()
+}
+
+/// `change` with its lifetime cut to `lease_left` (an add or renewal), or `None` when the lease
+/// leaves less than the shortest lifetime an address can have. Removals pass unchanged.
+fn within_lease(change: AddressChange, lease_left: Duration) -> Option<AddressChange> {
+    let cap = |lifetime: u32| lifetime_for(lease_left).map(|left| lifetime.min(left));
+    match change {
+        AddressChange::Add {
+            address,
+            interface,
+            lifetime,
+        } => cap(lifetime).map(|lifetime| AddressChange::Add {
+            address,
+            interface,
+            lifetime,
+        }),
+        AddressChange::Renew {
+            address,
+            interface,
+            lifetime,
+        } => cap(lifetime).map(|lifetime| AddressChange::Renew {
+            address,
+            interface,
+            lifetime,
+        }),
+        remove @ AddressChange::Remove { .. } => Some(remove),
+    }
 }
 
 /// Announces a taken VIP in rounds, each followed by a tickle ACK to every client connection
@@ -1279,6 +1320,44 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn adds_and_renewals_get_no_more_than_the_lease_left_now() {
+        let address: ipnet::IpNet = "192.0.2.101/24".parse().unwrap();
+        let interface = "eth1".to_owned();
+        let add = |lifetime| AddressChange::Add {
+            address,
+            interface: interface.clone(),
+            lifetime,
+        };
+        let renew = |lifetime| AddressChange::Renew {
+            address,
+            interface: interface.clone(),
+            lifetime,
+        };
+        let remove = AddressChange::Remove {
+            address,
+            interface: interface.clone(),
+        };
+        // (change decided earlier, lease left now in ms, what is applied)
+        let table = [
+            (add(1), 1500, Some(add(1))),
+            (add(2), 1500, Some(add(1))),
+            (renew(2), 2999, Some(renew(2))),
+            // Paused past the lease: nothing is put back.
+            (add(1), 999, None),
+            (add(1), 0, None),
+            (renew(1), 0, None),
+            (remove.clone(), 0, Some(remove.clone())),
+        ];
+        for (change, left, expected) in table {
+            assert_eq!(
+                within_lease(change.clone(), Duration::from_millis(left)),
+                expected,
+                "{change} with {left} ms left"
+            );
+        }
     }
 
     #[test]

@@ -43,9 +43,13 @@
 //!    assignment older than the ones made while it was fenced.
 //!
 //! Residual risk, stated honestly: a daemon frozen *between* reading its clock and the netlink
-//! call that renews an address would, on waking, renew it with a lifetime computed before the
-//! freeze. The daemon re-reads the clock after every renewal and deletes addresses whose lease
-//! has ended; the window is one system call.
+//! call that adds or renews an address would, on waking, apply a lifetime computed before the
+//! freeze. So the clock is read again right before each add or renewal (the set of held VIPs
+//! is decided earlier, before the kernel's addresses are read, and that gap once let a daemon
+//! SIGSTOPped there put two moved VIPs back for 4 ms after SIGCONT — caught by
+//! `tests/failover.rs`), and once more after each reconcile, when addresses whose lease has
+//! ended are deleted. What remains is a freeze between that last clock reading and the system
+//! call itself.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;

@@ -335,6 +335,12 @@ impl<S: LogStore> NodeCore<S> {
         self.lease.left(self.now_ms)
     }
 
+    /// The lease left at `now_ms` (a fresh clock reading, later than the last input): what an
+    /// address may still be given right before the system call that adds or renews it.
+    pub fn lease_left_at(&self, now_ms: u64) -> Duration {
+        self.lease.left(now_ms.max(self.now_ms))
+    }
+
     /// Records this node's own health; it is proposed when the state says otherwise.
     pub fn set_health(&mut self, healthy: bool, failing: Vec<String>) {
         self.health = Some((healthy, failing));
