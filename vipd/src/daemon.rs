@@ -456,6 +456,7 @@ pub async fn run(
         last_renewal: Instant::now(),
         ping_interval,
         announcing: BTreeMap::new(),
+        orphans: BTreeMap::new(),
     };
     let mut pending: Vec<Pending> = Vec::new();
     let mut interval = tokio::time::interval(LOOP_INTERVAL);
@@ -601,6 +602,9 @@ struct Kernel {
     /// The announcement rounds under way, by VIP: cancelled when the VIP is released, so that a
     /// late round never points clients back at this node after it let the address go.
     announcing: BTreeMap<IpAddr, Arc<AtomicBool>>,
+    /// Client connections found on released VIPs after their deletion (see
+    /// [`Kernel::find_orphans`]), to be reported before the release is confirmed.
+    orphans: BTreeMap<IpAddr, Vec<Connection>>,
 }
 
 impl Kernel {
@@ -625,6 +629,7 @@ impl Kernel {
                 }
             }
         }
+        self.hand_over_orphans(core);
         core.kernel_has(&self.present);
     }
 
@@ -694,6 +699,7 @@ impl Kernel {
                     AddressChange::Remove { address, interface } => {
                         tracing::info!(vip = %address, interface, "released address");
                         after.remove(&address.addr());
+                        self.find_orphans(address.addr());
                     }
                     AddressChange::Renew { .. } => {}
                 },
@@ -701,6 +707,53 @@ impl Kernel {
             }
         }
         self.present = after;
+    }
+
+    /// Looks, after `vip` was deleted, for client connections accepted between the reset that
+    /// preceded the deletion and the deletion itself. Their RST cannot leave any more (the
+    /// source address is gone), and a client waiting for a reply on one would wait forever:
+    /// their server side is closed and they are handed to the next owner, which tickles them.
+    fn find_orphans(&mut self, vip: IpAddr) {
+        let found = match crate::tickle::established(&[vip]) {
+            Ok(found) if found.is_empty() => return,
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%vip, %error, "cannot look for connections left behind");
+                return;
+            }
+        };
+        tracing::info!(%vip, count = found.len(), "connections accepted while releasing; handing them over");
+        let _ = crate::tickle::reset_connections(vip);
+        self.orphans.entry(vip).or_default().extend(found);
+    }
+
+    /// Reports the orphans found since the last call as connections of their VIP, so that the
+    /// next owner tickles them; proposed before the release is confirmed (`kernel_has`).
+    fn hand_over_orphans<S: LogStore>(&mut self, core: &mut NodeCore<S>) {
+        let me = core.pnn();
+        for (vip, orphans) in std::mem::take(&mut self.orphans) {
+            let Some(state) = core.state().vips.get(&vip) else {
+                continue;
+            };
+            if state.owner != Some(me) {
+                continue;
+            }
+            let mut connections: BTreeSet<Connection> = core
+                .state()
+                .connections
+                .get(&vip)
+                .cloned()
+                .unwrap_or_default();
+            connections.extend(orphans);
+            let command = Command::SetConnections {
+                vip,
+                by: me,
+                connections: connections.into_iter().collect(),
+            };
+            if let Err(error) = core.propose_command(command) {
+                tracing::debug!(%vip, error, "connections left behind not reported");
+            }
+        }
     }
 
     /// Removes every managed address this node has (at shutdown).

@@ -41,6 +41,8 @@ pub struct Observations {
     pub connected_since_ms: BTreeMap<Pnn, u64>,
     /// When each node last became able to host VIPs.
     pub available_since_ms: BTreeMap<Pnn, u64>,
+    /// The nodes seen able to host VIPs at some time since this node started.
+    pub ever_available: BTreeSet<Pnn>,
     /// When this node first saw each VIP (by address and epoch) in the releasing phase.
     pub releasing_since_ms: BTreeMap<(IpAddr, u64), u64>,
     /// For fenced nodes (by generation): when their lease has surely ended, if known.
@@ -89,14 +91,28 @@ fn node_state(
     Some(NodeState {
         healthy: member.healthy,
         connected: !member.fenced && observed.connected(node, settings),
-        // A leaving member hosts nothing, like a disabled one; nor does an unhealthy member
-        // that is shutting down or has not reported yet, even as a last resort.
+        // A leaving member hosts nothing, like a disabled one; nor does an unhealthy member as
+        // a last resort unless a probe failed on a node that served before (it was seen able
+        // to host, or it holds a VIP): a node shutting down, one that has not reported yet, or
+        // one still starting its services is no host at all.
         disabled: member.disabled
             || member.leaving
-            || (!member.healthy && !member.may_host_unhealthy()),
+            || (!member.healthy && !last_resort_ok(state, observed, node)),
         banned: member.banned_at(observed.now_unix_ms),
         available_since_ms: observed.available_since_ms.get(&node).copied().unwrap_or(0),
     })
+}
+
+/// Whether an unhealthy `node` may host VIPs that no healthy node may: a probe failed (it is
+/// not shutting down, and it reported), and it served before — seen able to host VIPs, or
+/// holding one — so a cluster that is still starting keeps its VIPs for the first healthy node.
+fn last_resort_ok(state: &ClusterState, observed: &Observations, node: Pnn) -> bool {
+    state
+        .members
+        .get(&node)
+        .is_some_and(|member| member.may_host_unhealthy())
+        && (observed.ever_available.contains(&node)
+            || state.vips.values().any(|vip| vip.owner == Some(node)))
 }
 
 /// The commands the leader should propose now.
@@ -368,6 +384,49 @@ mod tests {
             last_heard_ms: [(1, now_ms), (2, now_ms)].into(),
             connected_since_ms: [(1, 0), (2, 0)].into(),
             ..Observations::default()
+        }
+    }
+
+    #[test]
+    fn only_a_node_that_served_and_failed_a_probe_is_a_last_resort_host() {
+        let vip: IpAddr = "192.0.2.101".parse().unwrap();
+        let unhealthy = |reason: &str| Command::SetHealth {
+            node: 1,
+            healthy: false,
+            failing: if reason.is_empty() {
+                vec![]
+            } else {
+                vec![reason.to_owned()]
+            },
+        };
+        // (node 1's report, seen able to host before, holds the VIP, last resort)
+        let table = [
+            ("volume: hung", true, false, true),
+            ("volume: hung", false, true, true),
+            // Still starting: it never served.
+            ("nfs: refused", false, false, false),
+            (crate::state::SHUTTING_DOWN, true, true, false),
+            ("", true, true, false),
+        ];
+        for (reason, seen, holds, expected) in table {
+            let mut state = cluster(1);
+            if holds {
+                state.apply(&Command::Assign {
+                    vip,
+                    epoch: 0,
+                    to: 1,
+                });
+            }
+            state.apply(&unhealthy(reason));
+            let mut observed = observed(5_000);
+            if seen {
+                observed.ever_available.insert(1);
+            }
+            assert_eq!(
+                last_resort_ok(&state, &observed, 1),
+                expected,
+                "{reason:?} seen {seen} holds {holds}"
+            );
         }
     }
 

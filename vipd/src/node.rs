@@ -551,6 +551,7 @@ impl<S: LogStore> NodeCore<S> {
             last_heard_ms: self.last_heard_ms.clone(),
             connected_since_ms: self.connected_since_ms.clone(),
             available_since_ms: self.available_since_ms.clone(),
+            ever_available: self.ever_available.clone(),
             releasing_since_ms: self.releasing_since_ms.clone(),
             fence_safe_at_ms,
         }

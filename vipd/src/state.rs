@@ -443,10 +443,12 @@ impl ClusterState {
                 by,
                 connections,
             } => {
-                let owned = self
-                    .vips
-                    .get(vip)
-                    .is_some_and(|state| state.owner == Some(*by) && state.phase == VipPhase::Held);
+                // A releasing owner reports too: connections it found left behind after the
+                // address went, for the next owner to tickle.
+                let owned = self.vips.get(vip).is_some_and(|state| {
+                    state.owner == Some(*by)
+                        && matches!(state.phase, VipPhase::Held | VipPhase::Releasing)
+                });
                 if !owned {
                     return rejected(format!("node {by} does not hold {vip}"));
                 }
@@ -1262,6 +1264,36 @@ mod tests {
             },
         );
         assert!(!state.connections.contains_key(&vip));
+        // While releasing, the owner still reports (connections left behind when the address
+        // went, for the next owner to tickle); once released, nobody does.
+        let left_behind = vec![connection("192.0.2.101:2049", "192.0.2.201:902")];
+        let epoch = state.vips[&vip].epoch;
+        applied(
+            &mut state,
+            Command::Release {
+                vip,
+                epoch,
+                to: None,
+            },
+        );
+        let report = |by| Command::SetConnections {
+            vip,
+            by,
+            connections: left_behind.clone(),
+        };
+        refused(&mut state, report(1));
+        applied(&mut state, report(0));
+        assert_eq!(state.connections[&vip].len(), 1);
+        applied(
+            &mut state,
+            Command::Released {
+                vip,
+                epoch: epoch + 1,
+                by: 0,
+            },
+        );
+        refused(&mut state, report(0));
+        assert_eq!(state.connections[&vip].len(), 1, "kept for the next owner");
     }
 
     #[test]
