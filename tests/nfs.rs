@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::{client, describe};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -113,25 +114,8 @@ fn move_vip_to_node2(lab: &Lab) {
     assert!(moved, "the client never reached {nfs} on node2");
 }
 
-fn client(lab: &Lab, program: &str, args: &[&str]) -> Output {
-    lab.command("client1", program)
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn succeeded(output: &Output) -> bool {
     output.status.success()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 fn stop(mut child: Child) -> std::process::ExitStatus {

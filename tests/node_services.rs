@@ -14,29 +14,13 @@
 
 mod common;
 
+use common::{client, describe};
 use std::os::unix::fs::MetadataExt as _;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::cluster::{holders, logs};
 use nix::sys::signal::Signal;
-use vipgate::lab::{Lab, cluster, state};
-
-fn client(lab: &Lab, program: &str, args: &[&str]) -> Output {
-    lab.command("client1", program)
-        .unwrap()
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}, stderr {:?}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use vipgate::lab::{cluster, state};
 
 #[test]
 fn an_nfs_client_reads_its_file_back_through_the_vip_after_the_owner_is_killed() {

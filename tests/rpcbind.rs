@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::describe;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
@@ -129,15 +130,6 @@ fn client(lab: &Lab, program: &str, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// The (program, version, protocol, port) lines of `rpcinfo -p VIP` from the client, or `None`

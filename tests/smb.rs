@@ -19,6 +19,7 @@
 
 mod common;
 
+use common::describe;
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::net::IpAddr;
@@ -132,15 +133,6 @@ fn smbclient(lab: &Lab, share: &str, credentials: &str, commands: &str) -> Outpu
 
 fn demo_credentials() -> String {
     format!("{}%{}", cluster::DEMO_SMB_USER, cluster::DEMO_SMB_PASSWORD)
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {:?}, stdout {:?}, stderr {:?}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Output of smbclient: it reports failed commands on stdout and still exits 0 in some cases,

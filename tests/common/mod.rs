@@ -1,15 +1,36 @@
-//! Helpers shared by the integration tests: the root check and polling with a deadline; a
-//! running cluster (`cluster`) and a kernel NFS client under QEMU (`qemu`).
+//! Helpers shared by the integration tests: the root check, polling with a deadline, running a
+//! program on the lab's client and describing its output; a running cluster (`cluster`) and a
+//! kernel NFS client under QEMU (`qemu`).
 
 #![allow(
     dead_code,
     reason = "each test binary uses a different subset of these helpers"
 )]
 
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod qemu;
+
+/// Runs `program ARGS` on the lab's `client1` and waits for it.
+pub fn client(lab: &vipgate::lab::Lab, program: &str, args: &[&str]) -> Output {
+    lab.command("client1", program)
+        .unwrap()
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A program's exit status and output, for an assertion message.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {:?}, stdout {:?}, stderr {:?}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
 
 /// Whether this test may build namespaces. Tests need root; CI runs them as root and must not
 /// skip them silently, so outside root they fail under CI and are skipped (loudly) elsewhere.
