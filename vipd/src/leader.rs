@@ -126,9 +126,6 @@ pub fn decide(
 
     // Fence silent nodes and owners stuck in a release; unfence nodes that are back.
     for (&pnn, member) in &state.members {
-        if pnn == observed.me {
-            continue;
-        }
         let connected = observed.connected(pnn, settings);
         // Fencing exists to revoke what a silent node holds; a silent node that owns nothing
         // is left unfenced, so a member that was added but is not started yet is not held
@@ -142,7 +139,11 @@ pub fn decide(
                     .get(&(*address, vip.epoch))
                     .is_some_and(|since| now.saturating_sub(*since) >= settings.release_timeout_ms)
         });
-        if !member.fenced && ((!connected && owns_something) || stuck_release) {
+        // The leader never fences itself (it is in contact with a quorum, or it would not
+        // lead), but it does lift a fence it was given before it was elected: otherwise a
+        // fenced node that became leader would hold no VIP for as long as it leads.
+        if pnn != observed.me && !member.fenced && ((!connected && owns_something) || stuck_release)
+        {
             commands.push(Command::Fence {
                 node: pnn,
                 generation: member.generation,
@@ -385,6 +386,41 @@ mod tests {
             connected_since_ms: [(1, 0), (2, 0)].into(),
             ..Observations::default()
         }
+    }
+
+    #[test]
+    fn a_leader_lifts_its_own_fence_and_never_fences_itself() {
+        let mut state = cluster(1);
+        let vip: IpAddr = "192.0.2.101".parse().unwrap();
+        state.apply(&Command::Assign {
+            vip,
+            epoch: 0,
+            to: 0,
+        });
+        let settings = SETTINGS;
+        // Silent from its own point of view cannot happen: it never fences itself.
+        let mut silent = observed(5_000);
+        silent.last_heard_ms.clear();
+        assert!(
+            !decide(&state, &silent, &settings)
+                .iter()
+                .any(|command| matches!(command, Command::Fence { node: 0, .. }))
+        );
+        // Fenced before it was elected (while it was cut off): it unfences itself.
+        state.apply(&Command::Fence {
+            node: 0,
+            generation: 0,
+        });
+        let mut elected = observed(5_000);
+        elected.connected_since_ms.insert(0, 0);
+        let commands = decide(&state, &elected, &settings);
+        assert!(
+            commands.contains(&Command::Unfence {
+                node: 0,
+                generation: 0
+            }),
+            "{commands:?}"
+        );
     }
 
     #[test]
