@@ -793,29 +793,12 @@ fn held_shape(held: &[HeldVip]) -> HeldShape {
 
 /// `change` with its lifetime cut to `lease_left` (an add or renewal), or `None` when the lease
 /// leaves less than the shortest lifetime an address can have. Removals pass unchanged.
-fn within_lease(change: AddressChange, lease_left: Duration) -> Option<AddressChange> {
-    let cap = |lifetime: u32| lifetime_for(lease_left).map(|left| lifetime.min(left));
-    match change {
-        AddressChange::Add {
-            address,
-            interface,
-            lifetime,
-        } => cap(lifetime).map(|lifetime| AddressChange::Add {
-            address,
-            interface,
-            lifetime,
-        }),
-        AddressChange::Renew {
-            address,
-            interface,
-            lifetime,
-        } => cap(lifetime).map(|lifetime| AddressChange::Renew {
-            address,
-            interface,
-            lifetime,
-        }),
-        remove @ AddressChange::Remove { .. } => Some(remove),
+fn within_lease(mut change: AddressChange, lease_left: Duration) -> Option<AddressChange> {
+    if let AddressChange::Add { lifetime, .. } | AddressChange::Renew { lifetime, .. } = &mut change
+    {
+        *lifetime = (*lifetime).min(lifetime_for(lease_left)?);
     }
+    Some(change)
 }
 
 /// Announces a taken VIP in rounds, each followed by a tickle ACK to every client connection
