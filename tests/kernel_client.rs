@@ -1,11 +1,14 @@
-//! The Linux kernel's own NFSv3 client against vipgate: Debian's kernel boots under QEMU as a
-//! host of a three-node lab (`tests/common/qemu.rs`), mounts `VIP:/demo` the plain way
-//! (`vers=3,proto=tcp,hard`, no port options: portmap on 111 and MOUNT are asked), does real
-//! file work and reports on its serial console; the test checks what it printed and what landed
-//! on the shared volume. Two more cases SIGKILL the VIP owner's `vipgate node`: one while the
-//! guest streams a long write (every byte arrives), one after the guest sent UNSTABLE WRITEs
-//! that nothing committed (the new owner's write verifier makes the kernel send them again).
-//! The pure parts of the QEMU helper are table-tested here too. Needs root.
+//! The Linux kernel's own NFSv3 client against vipgate: Debian's kernel boots under QEMU as a host
+//! of a three-node lab (`tests/common/qemu.rs`), mounts `VIP:/demo` the plain way
+//! (`vers=3,proto=tcp,hard`, no port options: portmap on 111 and MOUNT are asked), does real file
+//! work and reports on its serial console; the test checks what it printed and what landed on the
+//! shared volume. A second case checks POSIX details through the kernel (silly rename of an open
+//! file, rename over a file, O_EXCL, times, a fifo, a sparse file past 4 GiB, a listing that needs
+//! cookies) and acts as a second user (uid 1000) beside the squashed root. Two more cases SIGKILL
+//! the VIP owner's `vipgate node`: one while the guest streams a long write (every byte arrives),
+//! one after the guest sent UNSTABLE WRITEs that nothing committed (the new owner's write verifier
+//! makes the kernel send them again). The pure parts of the QEMU helper are table-tested here too.
+//! Needs root.
 
 #![allow(
     clippy::unwrap_used,
@@ -522,6 +525,163 @@ step umount umount /mnt
         })
         .count();
     assert_eq!(many, 300);
+    assert!(
+        !node_complaints(&lab).contains("panicked"),
+        "a node panicked:\n{}",
+        node_complaints(&lab)
+    );
+}
+
+/// Where a sparse file's one written block lies: past 4 GiB, so offsets and sizes need 64 bits.
+const SPARSE_OFFSET: u64 = 5_000_000_000;
+/// Entries of the crowded directory: several READDIRPLUS replies, so cookies carry the listing.
+const CROWD: usize = 1500;
+
+#[test]
+fn a_kernel_client_gets_posix_semantics_and_acts_as_its_users() {
+    let test = "a_kernel_client_gets_posix_semantics_and_acts_as_its_users";
+    let Some((lab, kit)) = cluster_and_kit(test) else {
+        return;
+    };
+    let vip = first_v4();
+    // `value NAME refused|done` reports whether a command the server should refuse worked.
+    let script = mount_script(vip)
+        + &format!(
+            r#"
+outcome() {{ name=$1; shift; if "$@" >/dev/null 2>&1; then value $name done; else value $name refused; fi; }}
+mkdir -p /etc
+echo 'user:x:1000:1000::/tmp:/bin/sh' >> /etc/passwd
+echo 'user:x:1000:' >> /etc/group
+echo silly > /mnt/silly.txt
+exec 3< /mnt/silly.txt
+step silly-unlink rm /mnt/silly.txt
+step silly-drop-caches sh -c 'echo 3 > /proc/sys/vm/drop_caches'
+value silly-hidden $(ls -A /mnt | grep -c '^\.nfs')
+value silly-read "$(cat <&3)"
+exec 3<&-
+i=0; while [ $i -lt 100 ] && ls -A /mnt | grep -q '^\.nfs'; do sleep 0.1; i=$((i+1)); done
+value silly-after $(ls -A /mnt | grep -c '^\.nfs')
+echo first > /mnt/ra
+echo second > /mnt/rb
+step rename-over mv -f /mnt/ra /mnt/rb
+value rename-over "$(cat /mnt/rb)"
+step excl-first sh -c 'set -C; echo one > /mnt/excl'
+outcome excl-second sh -c 'set -C; echo two > /mnt/excl'
+step touch-date sh -c "TZ=UTC touch -d '2001-02-03 04:05:06' /mnt/dated"
+value dated-mtime $(stat -c %Y /mnt/dated)
+step mkfifo mkfifo /mnt/fifo
+value fifo-type "$(stat -c %F /mnt/fifo)"
+step sparse-size truncate -s 5G /mnt/sparse.bin
+step sparse-tail sh -c 'printf tail | dd of=/mnt/sparse.bin bs=1 seek={SPARSE_OFFSET} conv=notrunc 2>/dev/null'
+step crowd sh -c 'mkdir /mnt/crowd && i=0; while [ $i -lt {CROWD} ]; do : > /mnt/crowd/entry-$i || exit 1; i=$((i+1)); done'
+echo secret > /mnt/private.txt
+chmod 0600 /mnt/private.txt
+outcome chown chown 1000 /mnt/private.txt
+step open-dir sh -c 'mkdir /mnt/open && chmod 1777 /mnt/open'
+step drop-caches sh -c 'sync && echo 3 > /proc/sys/vm/drop_caches'
+value crowd $(ls /mnt/crowd | wc -l)
+value crowd-unique $(ls /mnt/crowd | sort -u | wc -l)
+value sparse-size $(stat -c %s /mnt/sparse.bin)
+value sparse-tail "$(dd if=/mnt/sparse.bin bs=1 skip={SPARSE_OFFSET} count=4 2>/dev/null)"
+outcome user-read-private su user -c 'cat /mnt/private.txt'
+outcome user-remove-others su user -c 'rm -f /mnt/dated'
+step user-create su user -c 'echo mine > /mnt/open/mine.txt'
+value user-owner $(stat -c %u:%g /mnt/open/mine.txt)
+value user-read-own "$(su user -c 'cat /mnt/open/mine.txt')"
+step umount umount /mnt
+"#
+        );
+    let (report, console) = run_guest(&lab, kit, &script);
+    eprintln!("node warnings and errors:\n{}", node_complaints(&lab));
+    assert_eq!(
+        report.result,
+        Some(true),
+        "{}",
+        describe(&report, &console, &lab)
+    );
+    let expect = |name: &str, wanted: &str| {
+        assert_eq!(
+            report.value(name),
+            Some(wanted),
+            "{name}: {}",
+            describe(&report, &console, &lab)
+        );
+    };
+    // Unlinking an open file renames it to `.nfs…` (the client's "silly rename"); the open
+    // file reads on through its handle, and the last close removes it.
+    expect("silly-hidden", "1");
+    expect("silly-read", "silly");
+    expect("silly-after", "0");
+    expect("rename-over", "first");
+    // O_EXCL is an EXCLUSIVE CREATE: the second one must fail with EEXIST.
+    expect("excl-second", "refused");
+    expect("dated-mtime", "981173106");
+    expect("fifo-type", "fifo");
+    expect("sparse-size", &(5u64 << 30).to_string());
+    expect("sparse-tail", "tail");
+    expect("crowd", &CROWD.to_string());
+    expect("crowd-unique", &CROWD.to_string());
+    // Root is squashed to the anonymous user, which may not give files away.
+    expect("chown", "refused");
+    // uid 1000 acts as itself: not the owner of root's private file nor of the export's root.
+    expect("user-read-private", "refused");
+    expect("user-remove-others", "refused");
+    expect("user-owner", "1000:1000");
+    expect("user-read-own", "mine");
+
+    // What landed on the shared volume, read directly.
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let export = cluster::volume_source(lab.name()).join(cluster::DEMO_EXPORT);
+    let names: Vec<String> = std::fs::read_dir(&export)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|name| name.starts_with(".nfs") || name == "silly.txt"),
+        "{names:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(export.join("rb")).unwrap(),
+        "first\n"
+    );
+    assert!(!export.join("ra").exists());
+    assert_eq!(
+        std::fs::read_to_string(export.join("excl")).unwrap(),
+        "one\n"
+    );
+    assert_eq!(
+        std::fs::metadata(export.join("dated")).unwrap().mtime(),
+        981_173_106
+    );
+    assert!(
+        std::fs::symlink_metadata(export.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // Never read 5 GiB: check the size and the one written block.
+    let sparse = std::fs::File::open(export.join("sparse.bin")).unwrap();
+    assert_eq!(sparse.metadata().unwrap().len(), 5 << 30);
+    let mut tail = [0u8; 4];
+    std::os::unix::fs::FileExt::read_exact_at(&sparse, &mut tail, SPARSE_OFFSET).unwrap();
+    assert_eq!(&tail, b"tail");
+    assert_eq!(
+        std::fs::read_dir(export.join("crowd")).unwrap().count(),
+        CROWD
+    );
+    let private = std::fs::metadata(export.join("private.txt")).unwrap();
+    assert_eq!(
+        (private.uid(), private.gid(), private.mode() & 0o7777),
+        (
+            cluster::DEMO_EXPORT_OWNER,
+            cluster::DEMO_EXPORT_OWNER,
+            0o600
+        )
+    );
+    let mine = std::fs::metadata(export.join("open/mine.txt")).unwrap();
+    assert_eq!((mine.uid(), mine.gid()), (1000, 1000));
     assert!(
         !node_complaints(&lab).contains("panicked"),
         "a node panicked:\n{}",
