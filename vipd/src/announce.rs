@@ -75,18 +75,130 @@ pub struct RawAnnouncer;
 
 impl Announcer for RawAnnouncer {
     fn announce(&self, vip: std::net::IpAddr, interface: &str) -> io::Result<()> {
+        Prepared::new(vip, interface)?.send()
+    }
+}
+
+impl RawAnnouncer {
+    /// Announces `vip` only if it is configured on `interface` when the frames leave: the
+    /// sockets and frames are prepared first, then the kernel is asked, and the frames are sent
+    /// right after, so the gap a frozen daemon could fall into is a few system calls wide.
+    /// Returns whether it announced.
+    pub fn announce_configured(&self, vip: std::net::IpAddr, interface: &str) -> io::Result<bool> {
+        // Preparing fails by itself for an IPv6 address that is gone (the socket binds to it);
+        // that is the same "no" as the check's.
+        let prepared = Prepared::new(vip, interface);
+        if !is_configured(vip, interface)? {
+            return Ok(false);
+        }
+        prepared?.send()?;
+        Ok(true)
+    }
+}
+
+/// An announcement ready to leave: its socket, destination and frames.
+enum Prepared {
+    Arp {
+        socket: Socket,
+        destination: libc::sockaddr_ll,
+        frames: [Vec<u8>; 2],
+    },
+    Advertisement {
+        socket: Socket,
+        destination: libc::sockaddr_in6,
+        body: Vec<u8>,
+    },
+}
+
+impl Prepared {
+    fn new(vip: std::net::IpAddr, interface: &str) -> io::Result<Prepared> {
         let index = interface_index(interface)?;
         let mac = interface_mac(interface)?;
-        match vip {
+        Ok(match vip {
             std::net::IpAddr::V4(vip) => {
-                for frame in arp_frames(vip, mac) {
-                    send_ethernet(index, &frame, ETHERTYPE_ARP)?;
+                let (socket, destination) = ethernet_socket(index, ETHERTYPE_ARP)?;
+                Prepared::Arp {
+                    socket,
+                    destination,
+                    frames: arp_frames(vip, mac),
                 }
-                Ok(())
             }
-            std::net::IpAddr::V6(vip) => send_advertisement(index, vip, mac),
+            std::net::IpAddr::V6(vip) => {
+                let (socket, destination) = advertisement_socket(index, vip)?;
+                Prepared::Advertisement {
+                    socket,
+                    destination,
+                    body: neighbour_advertisement(vip, mac),
+                }
+            }
+        })
+    }
+
+    fn send(&self) -> io::Result<()> {
+        match self {
+            Prepared::Arp {
+                socket,
+                destination,
+                frames,
+            } => frames
+                .iter()
+                .try_for_each(|frame| socket.send_to(frame, destination)),
+            Prepared::Advertisement {
+                socket,
+                destination,
+                body,
+            } => socket.send_to(body, destination),
         }
     }
+}
+
+/// Whether `vip` is configured on `interface` right now, as the kernel sees it. The announcer
+/// asks before each round: a daemon that was frozen between two rounds wakes after the kernel
+/// has deleted the address with its lease, and must not announce an address it no longer has.
+pub fn is_configured(vip: std::net::IpAddr, interface: &str) -> io::Result<bool> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `list` is a valid out-pointer; on success it owns a list freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = false;
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: `entry` is a node of the list `getifaddrs` returned, which is still alive.
+        let current = unsafe { &*entry };
+        entry = current.ifa_next;
+        if current.ifa_addr.is_null() || current.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: `ifa_name` is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(current.ifa_name) };
+        if name.to_bytes() != interface.as_bytes() {
+            continue;
+        }
+        // SAFETY: `ifa_addr` is non-null and its family says which sockaddr it points to.
+        let address = unsafe {
+            match i32::from((*current.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let v4 = &*current.ifa_addr.cast::<libc::sockaddr_in>();
+                    Some(std::net::IpAddr::from(
+                        u32::from_be(v4.sin_addr.s_addr).to_be_bytes(),
+                    ))
+                }
+                libc::AF_INET6 => {
+                    let v6 = &*current.ifa_addr.cast::<libc::sockaddr_in6>();
+                    Some(std::net::IpAddr::from(v6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            }
+        };
+        if address == Some(vip) {
+            found = true;
+            break;
+        }
+    }
+    // SAFETY: `list` came from a successful `getifaddrs` and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
 }
 
 fn interface_index(interface: &str) -> io::Result<u32> {
@@ -200,7 +312,8 @@ impl Drop for Socket {
     }
 }
 
-fn send_ethernet(index: u32, frame: &[u8], ethertype: u16) -> io::Result<()> {
+/// A raw packet socket and the broadcast destination on interface `index` for `ethertype`.
+fn ethernet_socket(index: u32, ethertype: u16) -> io::Result<(Socket, libc::sockaddr_ll)> {
     let protocol = libc::c_int::from(ethertype.to_be());
     let socket = Socket::new(libc::AF_PACKET, libc::SOCK_RAW, protocol)?;
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
@@ -210,10 +323,12 @@ fn send_ethernet(index: u32, frame: &[u8], ethertype: u16) -> io::Result<()> {
     address.sll_ifindex = i32::try_from(index).map_err(io::Error::other)?;
     address.sll_halen = 6;
     address.sll_addr[..6].copy_from_slice(&BROADCAST);
-    socket.send_to(frame, &address)
+    Ok((socket, address))
 }
 
-fn send_advertisement(index: u32, vip: Ipv6Addr, mac: Mac) -> io::Result<()> {
+/// An ICMPv6 socket bound to `vip` for neighbour advertisements out of interface `index`, and
+/// the all-nodes destination.
+fn advertisement_socket(index: u32, vip: Ipv6Addr) -> io::Result<(Socket, libc::sockaddr_in6)> {
     let socket = Socket::new(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?;
     // Receivers drop neighbour discovery messages whose hop limit is not 255 (RFC 4861 §7.1.2).
     socket.set_int_option(libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, 255)?;
@@ -239,13 +354,12 @@ fn send_advertisement(index: u32, vip: Ipv6Addr, mac: Mac) -> io::Result<()> {
     if bound != 0 {
         return Err(io::Error::last_os_error());
     }
-    let body = neighbour_advertisement(vip, mac);
     // SAFETY: sockaddr_in6 is plain old data; all-zero is a valid value.
     let mut all_nodes: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     all_nodes.sin6_family = libc::AF_INET6 as u16;
     all_nodes.sin6_addr.s6_addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
     all_nodes.sin6_scope_id = index;
-    socket.send_to(&body, &all_nodes)
+    Ok((socket, all_nodes))
 }
 
 #[cfg(test)]
@@ -253,6 +367,15 @@ mod tests {
     use super::*;
 
     const MAC: Mac = [0x02, 0x00, 0x5e, 0x10, 0x20, 0x30];
+
+    #[test]
+    fn configured_addresses_are_found_on_their_interface_only() {
+        // Every network namespace has 127.0.0.1 on `lo`, and nothing has it elsewhere.
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        assert!(is_configured(loopback, "lo").unwrap());
+        assert!(!is_configured(std::net::IpAddr::from([127, 0, 0, 2]), "lo").unwrap());
+        assert!(!is_configured(loopback, "no-such-interface").unwrap());
+    }
 
     #[test]
     fn gratuitous_arp_frames_byte_for_byte() {
