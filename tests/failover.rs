@@ -126,13 +126,7 @@ fn killed_and_frozen_owners_lose_their_vips_without_overlap() {
             .find(|node| *node != victim && *node != owner_of(&lab, vip))
             .unwrap();
         let frozen_mac = lab.mac(frozen, "pub0").unwrap();
-        let client_mac = || {
-            lab.neighbours("client1")
-                .unwrap()
-                .into_iter()
-                .find(|n| n.address == vip)
-                .and_then(|n| n.mac)
-        };
+        let client_mac = || client_neighbour(&lab, vip);
         let (code, text) = vipgate(&lab, "node1", &["moveip", &vip.to_string(), frozen]);
         assert_eq!(code, 0, "moveip: {text}");
         assert!(
@@ -177,6 +171,15 @@ fn killed_and_frozen_owners_lose_their_vips_without_overlap() {
         }
     });
     sampler.assert_clean();
+}
+
+/// The hardware address client1's neighbour entry gives `vip`, if it has one.
+fn client_neighbour(lab: &Lab, vip: IpAddr) -> Option<String> {
+    lab.neighbours("client1")
+        .unwrap()
+        .into_iter()
+        .find(|n| n.address == vip)
+        .and_then(|n| n.mac)
 }
 
 /// How many client connections the cluster knows of, from node1's `ip all --json`.
@@ -317,13 +320,7 @@ fn operator_commands_disable_enable_moveip_ban() {
         let (code, text) = vipgate(&lab, "node1", &["moveip", &vip.to_string(), last]);
         assert_eq!(code, 0, "moveip: {text}");
         let last_mac = lab.mac(last, "pub0").unwrap();
-        let client_mac = || {
-            lab.neighbours("client1")
-                .unwrap()
-                .into_iter()
-                .find(|n| n.address == vip)
-                .and_then(|n| n.mac)
-        };
+        let client_mac = || client_neighbour(&lab, vip);
         assert!(
             common::wait_until(MOVE_DEADLINE, || client_mac().as_deref() == Some(&last_mac)),
             "client1 never learned that {vip} is on {last}"
