@@ -289,7 +289,8 @@ impl ClusterState {
     }
 
     /// The VIPs that serve clients now: held by a member that is healthy, not fenced and not
-    /// disabled. A dead owner's VIPs leave this set when the leader fences it, before they move.
+    /// disabled, and confirmed in its kernel (`Applied`). A dead owner's VIPs leave this set
+    /// when the leader fences it, before they move.
     pub fn live_vips(&self) -> BTreeSet<IpAddr> {
         self.vips
             .iter()
