@@ -129,6 +129,15 @@ impl NfsServer {
         node: &str,
         ports: Ports,
     ) -> anyhow::Result<Option<NfsServer>> {
+        for export in &config.nfs.exports {
+            if !export.protocols.contains(&cluster_config::NfsVersion::V3) {
+                tracing::warn!(
+                    export = export.name,
+                    "the export lists only NFSv4, which this version does not serve yet: \
+                     it is not exported (add 3 to its protocols to serve it over NFSv3)"
+                );
+            }
+        }
         let specs = ExportSpec::from_config(config);
         if specs.is_empty() {
             return Ok(None);
