@@ -7,7 +7,8 @@
 //! cookies) and acts as a second user (uid 1000) beside the squashed root. Two more cases SIGKILL
 //! the VIP owner's `vipgate node`: one while the guest streams a long write (every byte arrives),
 //! one after the guest sent UNSTABLE WRITEs that nothing committed (the new owner's write verifier
-//! makes the kernel send them again). The pure parts of the QEMU helper are table-tested here too.
+//! makes the kernel send them again). A planned `vipgate moveip` during the long write is the
+//! last case. The pure parts of the QEMU helper are table-tested here too.
 //! Needs root.
 
 #![allow(
@@ -715,9 +716,34 @@ fn operations(line: Option<&str>) -> Option<u64> {
     line?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// What moves the VIP away from its owner during the long write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disruption {
+    /// SIGKILL of the owner's `vipgate node`: the lease runs out, a survivor takes the VIP.
+    Kill,
+    /// `vipgate moveip` to another node: the planned release-then-take.
+    Move,
+}
+
 #[test]
 fn a_kernel_client_keeps_writing_through_a_failover() {
-    let test = "a_kernel_client_keeps_writing_through_a_failover";
+    long_write_through(
+        "a_kernel_client_keeps_writing_through_a_failover",
+        Disruption::Kill,
+    );
+}
+
+#[test]
+fn a_kernel_client_keeps_writing_through_a_planned_move() {
+    long_write_through(
+        "a_kernel_client_keeps_writing_through_a_planned_move",
+        Disruption::Move,
+    );
+}
+
+/// A long write from the kernel client through `disruption` of the VIP's owner: every byte
+/// arrives, and the longest pause between chunks is what the writer saw of the move.
+fn long_write_through(test: &str, disruption: Disruption) {
     let Some((lab, kit)) = cluster_and_kit(test) else {
         return;
     };
@@ -725,7 +751,7 @@ fn a_kernel_client_keeps_writing_through_a_failover() {
     // One long write through one open file: chunks of 4 MiB, each after a line naming it, go
     // out as UNSTABLE WRITEs of 1 MiB (the kernel's wsize) while the writer goes on, with
     // COMMITs now and then; little dirty data is allowed, so the writer follows the server.
-    // The test kills the VIP's owner after chunk 2; the writer stops 4 chunks after the guest
+    // The test kills the VIP's owner (or moves the VIP) after chunk 2; the writer stops 4 chunks after the guest
     // learned the VIP's new hardware address (the new owner's gratuitous ARP), or at 24. A
     // COMMIT the new owner answers with its own write verifier makes the kernel send the
     // uncommitted WRITEs again. The same bytes are then rebuilt locally and compared.
@@ -768,8 +794,20 @@ step umount umount /mnt
     let console = guest
         .wait_for("VIPGATE-CHUNK 2 ", GUEST_DEADLINE)
         .unwrap_or_else(|error| panic!("{error}\n{}\n{}", guest.console(), logs(&lab)));
-    signal(&lab, owner, Signal::SIGKILL);
+    let target = common::cluster::NODES
+        .iter()
+        .copied()
+        .find(|node| *node != owner)
+        .unwrap();
     let killed = Instant::now();
+    match disruption {
+        Disruption::Kill => signal(&lab, owner, Signal::SIGKILL),
+        Disruption::Move => {
+            let (code, text) =
+                common::cluster::vipgate(&lab, target, &["moveip", &vip.to_string(), target]);
+            assert_eq!(code, 0, "moveip: {text}");
+        }
+    }
     let written_at_kill = chunks(&console).last().map_or(0, |(index, _)| *index);
     let console = guest
         .wait_end(GUEST_DEADLINE)
@@ -784,8 +822,8 @@ step umount umount /mnt
     // WRITEs beyond one per MiB written were sent again (after a verifier change).
     let writes = operations(report.value("write-stats"));
     eprintln!(
-        "kernel client failover ({}): {owner} killed after chunk {written_at_kill}; {} chunks; \
-         longest gap between chunks {stall:.2} s; guest finished {:?} after the kill; \
+        "kernel client, {disruption:?} ({}): {owner} disrupted after chunk {written_at_kill}; \
+         {} chunks; longest gap between chunks {stall:.2} s; guest finished {:?} after it; \
          {writes:?} WRITEs for {} MiB; VIP hardware address {:?} -> {:?}\n\
          xprt: {:?}\nwrite: {:?}\ncommit: {:?}",
         kit.accel.name(),
@@ -809,7 +847,7 @@ step umount umount /mnt
         written
             .last()
             .is_some_and(|(index, _)| *index > written_at_kill),
-        "no chunk was written after the kill: {written:?}"
+        "no chunk was written after the {disruption:?}: {written:?}"
     );
     assert_ne!(
         report.value("mac-before"),
@@ -821,10 +859,13 @@ step umount umount /mnt
     let export = cluster::volume_source(lab.name()).join(cluster::DEMO_EXPORT);
     assert_eq!(sha256_of(&export.join("big.bin")), expected);
     let now = holders(&lab)[&vip].clone();
-    assert!(
-        now.len() == 1 && now[0] != owner,
-        "{vip} should be on one survivor: {now:?}"
-    );
+    match disruption {
+        Disruption::Kill => assert!(
+            now.len() == 1 && now[0] != owner,
+            "{vip} should be on one survivor: {now:?}"
+        ),
+        Disruption::Move => assert_eq!(now, [target], "{vip} should be where it was sent"),
+    }
 }
 
 /// The count (field 1) or bytes sent (field 4) of a `/proc/self/mountstats` operation line.
