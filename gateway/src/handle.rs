@@ -7,7 +7,7 @@
 //! | bytes | field |
 //! | --- | --- |
 //! | 0 | layout version (1) |
-//! | 1 | resolver scheme ([`KERNEL_SCHEME`] for `name_to_handle_at` handles) |
+//! | 1 | resolver scheme ([`KERNEL_SCHEME`] for `name_to_handle_at` handles, [`crate::gfid::GFID_SCHEME`] for GlusterFS GFIDs) |
 //! | 2..10 | export id ([`ExportId`], a hash of the export's name) |
 //! | 10 | object id length `n` (at most [`MAX_OBJECT_ID`]) |
 //! | 11..11+n | object id, as the resolver wrote it |
@@ -59,6 +59,17 @@ impl ObjectId {
         };
         id.bytes[..bytes.len()].copy_from_slice(bytes);
         Some(id)
+    }
+
+    /// An id of exactly `N` bytes; that it fits is checked when compiling.
+    pub fn from_array<const N: usize>(bytes: &[u8; N]) -> Self {
+        const { assert!(N <= MAX_OBJECT_ID, "object id longer than MAX_OBJECT_ID") };
+        let mut id = ObjectId {
+            length: N as u8,
+            bytes: [0; MAX_OBJECT_ID],
+        };
+        id.bytes[..N].copy_from_slice(bytes);
+        id
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -204,7 +215,8 @@ impl FileHandle {
 }
 
 /// How one kind of volume names its objects stably across nodes and opens them again. Kernel
-/// handles serve ext4, xfs, btrfs, tmpfs and CephFS; a GlusterFS resolver would use GFIDs.
+/// handles serve ext4, xfs, btrfs, tmpfs and CephFS; GlusterFS uses GFIDs
+/// ([`crate::gfid::GfidResolver`]).
 pub trait ObjectResolver: Send + Sync + fmt::Debug {
     /// The scheme byte this resolver's ids carry in handles.
     fn scheme(&self) -> u8;
@@ -221,9 +233,35 @@ pub trait ObjectResolver: Send + Sync + fmt::Debug {
 #[derive(Debug, thiserror::Error)]
 pub enum ResolverError {
     #[error(
-        "{path} is on a FUSE file system, whose kernel handles are per-mount node ids that go stale on every other node; use a GFID resolver (volume.handles: glusterfs-gfid)"
+        "{path} is on a FUSE file system, whose kernel handles are per-mount node ids that go stale on every other node; on a GlusterFS mount use volume.handles: glusterfs-gfid (or auto)"
     )]
     Fuse { path: String },
+    #[error(
+        "{path} is on a FUSE file system ({fstype}), whose kernel handles are per-mount node ids that go stale on every other node; vipgate serves FUSE only for GlusterFS (by GFID), so use a file system with stable kernel handles"
+    )]
+    UnsupportedFuse { path: String, fstype: String },
+    #[error(
+        "volume.handles is glusterfs-gfid but {path} is on {filesystem}, not a GlusterFS FUSE mount (fuse.glusterfs)"
+    )]
+    NotGlusterfs { path: String, filesystem: String },
+    #[error(
+        "the GlusterFS volume at {mount_point} is not mounted with aux-gfid-mount, so objects cannot be opened by GFID; mount it with -o aux-gfid-mount (mount -t glusterfs -o aux-gfid-mount SERVER:/VOLUME {mount_point})"
+    )]
+    NoAuxGfidMount { mount_point: String },
+    #[error(
+        "{mount_point} mounts the subdirectory {subdirectory} of a GlusterFS volume; GFID handles need the whole volume mounted (an export may be a subdirectory of that mount)"
+    )]
+    GlusterfsSubdirectoryMount {
+        mount_point: String,
+        subdirectory: String,
+    },
+    #[error("cannot open {path} again by its GFID {gfid}")]
+    CannotOpenGfid {
+        path: String,
+        gfid: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path} is on {filesystem}, which cannot produce file handles (name_to_handle_at)")]
     NoHandles {
         path: String,
@@ -274,6 +312,47 @@ pub fn filesystem_name(magic: i64) -> String {
     name.to_owned()
 }
 
+/// The kinds of [`ObjectResolver`] the gateway has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolverKind {
+    /// [`KernelResolver`].
+    Kernel,
+    /// [`crate::gfid::GfidResolver`].
+    GlusterfsGfid,
+}
+
+/// Which resolver serves an export (pure): `scheme` from `volume.handles`, and the export
+/// root's file system as `statfs` (`magic`) and `/proc/self/mountinfo` (`fstype`, when the
+/// mount was found there) describe it. `auto` takes GFIDs on a GlusterFS FUSE mount, refuses
+/// every other FUSE file system, and takes kernel handles elsewhere; `kernel` is checked by
+/// [`KernelResolver::new`] (which refuses FUSE); `glusterfs-gfid` needs a GlusterFS mount.
+pub fn resolver_kind(
+    scheme: cluster_config::HandleScheme,
+    magic: i64,
+    fstype: Option<&str>,
+    path: &str,
+) -> Result<ResolverKind, ResolverError> {
+    use cluster_config::HandleScheme;
+    let glusterfs =
+        magic == crate::gfid::FUSE_MAGIC && fstype == Some(crate::gfid::GLUSTERFS_FSTYPE);
+    match scheme {
+        HandleScheme::Kernel => Ok(ResolverKind::Kernel),
+        HandleScheme::GlusterfsGfid if glusterfs => Ok(ResolverKind::GlusterfsGfid),
+        HandleScheme::GlusterfsGfid => Err(ResolverError::NotGlusterfs {
+            path: path.to_owned(),
+            filesystem: fstype.map_or_else(|| filesystem_name(magic), str::to_owned),
+        }),
+        HandleScheme::Auto if glusterfs => Ok(ResolverKind::GlusterfsGfid),
+        HandleScheme::Auto if magic == crate::gfid::FUSE_MAGIC => {
+            Err(ResolverError::UnsupportedFuse {
+                path: path.to_owned(),
+                fstype: fstype.unwrap_or("fuse").to_owned(),
+            })
+        }
+        HandleScheme::Auto => Ok(ResolverKind::Kernel),
+    }
+}
+
 /// Kernel file handles: `name_to_handle_at` / `open_by_handle_at`. The same bytes resolve on
 /// every node that mounts the same file system (ext4, xfs, btrfs, tmpfs, CephFS), but not on
 /// FUSE mounts, which [`KernelResolver::new`] refuses.
@@ -306,7 +385,7 @@ impl KernelResolver {
         };
         let statfs = sys::fstatfs(root.as_fd()).map_err(io)?;
         let filesystem = filesystem_name(statfs.magic);
-        if statfs.magic == 0x6573_5546 {
+        if statfs.magic == crate::gfid::FUSE_MAGIC {
             return Err(ResolverError::Fuse {
                 path: path.to_owned(),
             });
@@ -472,6 +551,55 @@ mod tests {
             FileHandle::decode(&wrong_length, &key()),
             malformed(bytes.len())
         );
+    }
+
+    #[test]
+    fn the_resolver_follows_scheme_and_file_system() {
+        use cluster_config::HandleScheme::{Auto, GlusterfsGfid, Kernel};
+        const EXT4: i64 = 0xef53;
+        const FUSE: i64 = crate::gfid::FUSE_MAGIC;
+        let glusterfs = Some("fuse.glusterfs");
+        let sshfs = Some("fuse.sshfs");
+        let cases = [
+            (Auto, EXT4, Some("ext4"), Ok(ResolverKind::Kernel)),
+            (Auto, FUSE, glusterfs, Ok(ResolverKind::GlusterfsGfid)),
+            (Auto, FUSE, sshfs, Err("UnsupportedFuse")),
+            (Auto, FUSE, None, Err("UnsupportedFuse")),
+            // Not FUSE by statfs: whatever mountinfo says, no GFIDs.
+            (Auto, EXT4, glusterfs, Ok(ResolverKind::Kernel)),
+            (Kernel, FUSE, glusterfs, Ok(ResolverKind::Kernel)),
+            (Kernel, EXT4, None, Ok(ResolverKind::Kernel)),
+            (
+                GlusterfsGfid,
+                FUSE,
+                glusterfs,
+                Ok(ResolverKind::GlusterfsGfid),
+            ),
+            (GlusterfsGfid, FUSE, sshfs, Err("NotGlusterfs")),
+            (GlusterfsGfid, EXT4, Some("ext4"), Err("NotGlusterfs")),
+            (GlusterfsGfid, EXT4, None, Err("NotGlusterfs")),
+        ];
+        for (scheme, magic, fstype, expected) in cases {
+            let outcome = resolver_kind(scheme, magic, fstype, "/srv/x");
+            match (outcome, expected) {
+                (Ok(kind), Ok(expected)) => assert_eq!(kind, expected),
+                (Err(error), Err(variant)) => {
+                    assert!(format!("{error:?}").starts_with(variant), "{error:?}");
+                    assert!(error.to_string().contains("/srv/x"), "{error}");
+                }
+                (outcome, expected) => {
+                    panic!("{scheme:?} {magic:#x} {fstype:?}: {outcome:?}, expected {expected:?}")
+                }
+            }
+        }
+        let message = resolver_kind(GlusterfsGfid, EXT4, Some("ext4"), "/srv/x")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("on ext4"), "{message}");
+        let message = resolver_kind(Auto, FUSE, sshfs, "/srv/x")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("fuse.sshfs"), "{message}");
     }
 
     #[test]

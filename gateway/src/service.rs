@@ -16,7 +16,11 @@ use cluster_config::{ClusterConfig, HandleScheme, NfsVersion};
 
 use crate::dispatch::Program;
 use crate::export::{ExportId, Policy};
-use crate::handle::{FileHandle, HandleKey, KernelResolver, ObjectResolver, ResolverError};
+use crate::gfid::GfidResolver;
+use crate::handle::{
+    FileHandle, HandleKey, KernelResolver, ObjectResolver, ResolverError, ResolverKind,
+    resolver_kind,
+};
 use crate::hostname::HostNames;
 use crate::record::LAST_FRAGMENT;
 use crate::rpc::{
@@ -112,14 +116,39 @@ pub enum StartupError {
         #[source]
         source: ResolverError,
     },
-    #[error(
-        "export {name}: volume.handles {scheme} is not implemented yet; use kernel handles on a file system that supports them"
-    )]
-    SchemeUnavailable { name: String, scheme: &'static str },
     #[error("exports {first} and {second} have the same export id; rename one")]
     IdCollision { first: String, second: String },
     #[error("cannot create the write verifier")]
     Verifier(#[source] std::io::Error),
+}
+
+/// The resolver of an export whose root is `root` (`root_stat`, described as `path`), chosen by
+/// [`resolver_kind`] from `volume.handles` and the root's file system, and checked.
+fn open_resolver(
+    scheme: HandleScheme,
+    root: &OwnedFd,
+    root_stat: &Stat,
+    path: &str,
+) -> Result<Box<dyn ObjectResolver>, ResolverError> {
+    let io = |source| ResolverError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let magic = sys::fstatfs(root.as_fd()).map_err(io)?.magic;
+    // Only FUSE needs the mount's type: it tells GlusterFS from other FUSE file systems.
+    let fstype = if magic == crate::gfid::FUSE_MAGIC {
+        crate::gfid::read_mount_entry(root_stat.mount_id)
+            .map_err(io)?
+            .map(|entry| entry.fstype)
+    } else {
+        None
+    };
+    Ok(
+        match resolver_kind(scheme, magic, fstype.as_deref(), path)? {
+            ResolverKind::Kernel => Box::new(KernelResolver::new(root, path)?),
+            ResolverKind::GlusterfsGfid => Box::new(GfidResolver::new(root, path)?),
+        },
+    )
 }
 
 /// Ports the gateway serves on, for portmap answers.
@@ -224,7 +253,8 @@ impl Connection {
 
 impl Service {
     /// Opens and checks every export: the directory exists, its file system produces handles
-    /// that open again (and is not FUSE), and export ids are distinct.
+    /// that open again (kernel handles, not on FUSE; or GlusterFS GFIDs through an
+    /// `aux-gfid-mount`), and export ids are distinct.
     pub fn new(specs: Vec<ExportSpec>, options: ServiceOptions) -> Result<Service, StartupError> {
         let mut exports: Vec<Export> = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -239,22 +269,13 @@ impl Service {
             let root =
                 sys::openat(None, &path, libc::O_PATH | libc::O_DIRECTORY).map_err(open_error)?;
             let root_stat = sys::fstat(root.as_fd()).map_err(open_error)?;
-            let resolver: Box<dyn ObjectResolver> = match options.handles {
-                HandleScheme::Auto | HandleScheme::Kernel => {
-                    Box::new(KernelResolver::new(&root, &display).map_err(|source| {
-                        StartupError::Handles {
-                            name: spec.name.clone(),
-                            source,
-                        }
-                    })?)
-                }
-                HandleScheme::GlusterfsGfid => {
-                    return Err(StartupError::SchemeUnavailable {
+            let resolver =
+                open_resolver(options.handles, &root, &root_stat, &display).map_err(|source| {
+                    StartupError::Handles {
                         name: spec.name.clone(),
-                        scheme: "glusterfs-gfid",
-                    });
-                }
-            };
+                        source,
+                    }
+                })?;
             let id = ExportId::of_name(&spec.name);
             if let Some(other) = exports.iter().find(|export| export.id == id) {
                 return Err(StartupError::IdCollision {

@@ -187,6 +187,14 @@ pub fn volume_source(lab: &str) -> PathBuf {
     state::lab_dir(lab).join("volume")
 }
 
+/// A node's own mount of the volume, for labs where each node mounts a real replicated volume
+/// itself (the GlusterFS test mounts one there on the machine): when this directory exists,
+/// [`super::Lab::command`] binds it at [`volume_mount`] for that node instead of the shared
+/// [`volume_source`].
+pub fn node_volume_source(lab: &str, host: &str) -> PathBuf {
+    state::host_dir(lab, host).join("volume")
+}
+
 /// Where every node sees the volume mounted.
 pub fn volume_mount(lab: &str) -> PathBuf {
     state::lab_dir(lab).join("mnt")

@@ -360,10 +360,13 @@ impl Lab {
                     "VIPGATE_DATA_DIR",
                     cluster::data_dir(self.name(), &host.name),
                 );
-            let (source, target) = (
-                cluster::volume_source(self.name()),
-                cluster::volume_mount(self.name()),
-            );
+            let own_volume = cluster::node_volume_source(self.name(), &host.name);
+            let source = if own_volume.is_dir() {
+                own_volume
+            } else {
+                cluster::volume_source(self.name())
+            };
+            let (source, target) = (source, cluster::volume_mount(self.name()));
             // Only a cluster started by `start_cluster` has the mount point; a test may write
             // its own cluster file with another volume.
             if source.is_dir() && target.is_dir() {
@@ -779,6 +782,10 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
             });
         }
     }
+    // A test may have mounted file systems inside the lab's directory (the GlusterFS test's
+    // FUSE mounts): their clients are gone now, and removing the directory must not descend
+    // into a mount, so they are detached first.
+    unmount_below(&state::lab_dir(name));
     if let Err(error) = state::remove(name) {
         first_error.get_or_insert(LabError::Io {
             context: format!("cannot remove the directory of lab {name}"),
@@ -790,6 +797,27 @@ pub fn teardown(name: &str) -> Result<(), LabError> {
         None => {
             tracing::info!(lab = %name, "lab removed");
             Ok(())
+        }
+    }
+}
+
+/// Detaches every mount at or below `dir` in this mount namespace, deepest first.
+fn unmount_below(dir: &std::path::Path) {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut below: Vec<String> = gateway::gfid::mount_entries(&mountinfo)
+        .map(|entry| entry.mount_point)
+        .filter(|mount_point| std::path::Path::new(mount_point).starts_with(dir))
+        .collect();
+    below.reverse();
+    for mount_point in below {
+        let Ok(path) = CString::new(mount_point.as_bytes()) else {
+            continue;
+        };
+        // SAFETY: `path` is NUL-terminated; umount2 only reads it.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+            tracing::info!(mount_point, "detached a mount left inside a lab");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: the root check, polling with a deadline, running a
-//! program on the lab's client and describing its output; a running cluster (`cluster`) and a
-//! kernel NFS client under QEMU (`qemu`).
+//! program on the lab's client and describing its output; a running cluster (`cluster`), a
+//! kernel NFS client under QEMU (`qemu`) and a replicated GlusterFS volume (`gluster`).
 
 #![allow(
     dead_code,
@@ -11,6 +11,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod gluster;
 pub mod qemu;
 
 /// Runs `program ARGS` on the lab's `client1` and waits for it.
