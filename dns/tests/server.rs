@@ -199,9 +199,13 @@ fn run_in_private_namespace() {
     assert!(flags & 0x0200 == 0 && answers == 18, "{flags:x} {answers}");
 
     // Garbage gets FORMERR or nothing, and the server keeps answering.
+    // The senders stay open: a reply to the garbage (a FORMERR carries the query's id) must not
+    // reach a later `ask_udp` socket that the kernel gave the same port.
+    let mut senders = Vec::new();
     for garbage in [&b""[..], b"\x00", &[0xff; 12], &[0x41; 600], &nfs[..20]] {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.send_to(garbage, second).unwrap();
+        senders.push(socket);
     }
     let mut tcp = TcpStream::connect(SocketAddr::new(loopback, v4_port)).unwrap();
     tcp.write_all(&[0xff, 0xff, 1, 2, 3]).unwrap();
@@ -213,6 +217,7 @@ fn run_in_private_namespace() {
     let reply = ask_udp(loopback, second, &nfs).expect("no reply after the garbage");
     assert_eq!(summary(&reply).2, 1);
     assert_eq!(reply[reply.len() - 4..], [192, 0, 2, 202]);
+    drop(senders);
 
     stop.cancel();
     runtime.block_on(serving).unwrap();
