@@ -40,6 +40,7 @@
 
 pub mod creds;
 pub mod dispatch;
+pub mod drc;
 pub mod export;
 pub mod gfid;
 pub mod handle;
