@@ -11,10 +11,12 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use cluster_config::{ClusterConfig, HandleScheme, NfsVersion};
 
 use crate::dispatch::Program;
+use crate::drc::{self, DuplicateCache};
 use crate::export::{ExportId, Policy};
 use crate::gfid::GfidResolver;
 use crate::handle::{
@@ -213,6 +215,8 @@ pub struct Service {
     pub(crate) mounts: Mutex<BTreeSet<(String, String)>>,
     /// Locks that make a WRITE's weak cache consistency data exact (see [`Service::file_lock`]).
     file_locks: [Mutex<()>; FILE_LOCK_STRIPES],
+    /// Replies of non-idempotent calls, for clients that send them again.
+    duplicates: DuplicateCache,
 }
 
 /// How many locks [`Service::file_lock`] spreads files over.
@@ -326,6 +330,7 @@ impl Service {
             host_names: options.host_names,
             mounts: Mutex::new(BTreeSet::new()),
             file_locks: std::array::from_fn(|_| Mutex::new(())),
+            duplicates: DuplicateCache::new(drc::Limits::default()),
         })
     }
 
@@ -392,8 +397,36 @@ impl Service {
         program == PORTMAP_PROGRAM
     }
 
-    /// Runs a dispatched call and returns the complete, record-marked reply.
+    /// Runs a dispatched call and returns the complete, record-marked reply. A call the
+    /// [duplicate request cache](crate::drc) has seen is not run again: it gets the first
+    /// reply, or, while the first copy still runs, an empty reply, which means "send nothing"
+    /// (the client sends the call again and gets the cached reply).
     pub fn handle(&self, connection: &Connection, call: &Call, args: &[u8]) -> Vec<u8> {
+        if !drc::is_cached(call) {
+            return self.run(connection, call, args);
+        }
+        let key = drc::Key::new(connection.peer, call, args);
+        match self.duplicates.begin(key, Instant::now()) {
+            drc::Decision::Run => {
+                // Forgotten if the call panics, so that the client's next copy runs.
+                let pending = Pending {
+                    cache: &self.duplicates,
+                    key,
+                };
+                let reply = self.run(connection, call, args);
+                self.duplicates.finish(key, &reply);
+                std::mem::forget(pending);
+                reply
+            }
+            drc::Decision::Replay(reply) => {
+                tracing::debug!(xid = call.xid, peer = %connection.peer, "replayed a call sent again");
+                reply.to_vec()
+            }
+            drc::Decision::Drop => Vec::new(),
+        }
+    }
+
+    fn run(&self, connection: &Connection, call: &Call, args: &[u8]) -> Vec<u8> {
         let mut out = begin_reply(call.xid);
         let outcome = match call.program {
             PORTMAP_PROGRAM => portmap::call(self, connection, call, args, &mut out),
@@ -415,6 +448,18 @@ impl Service {
                 })
             }
         }
+    }
+}
+
+/// A call the duplicate request cache was told runs; dropped only if the call panicked.
+struct Pending<'a> {
+    cache: &'a DuplicateCache,
+    key: drc::Key,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.cache.abandon(self.key);
     }
 }
 

@@ -211,7 +211,11 @@ pub enum Outcome {
 
 impl RpcClient {
     pub fn connect(address: SocketAddr) -> RpcClient {
-        let stream = TcpStream::connect(address).unwrap();
+        Self::from_stream(TcpStream::connect(address).unwrap())
+    }
+
+    /// A client on a connection made elsewhere (from a chosen port, say).
+    pub fn from_stream(stream: TcpStream) -> RpcClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
