@@ -4,12 +4,12 @@
 //! work and reports on its serial console; the test checks what it printed and what landed on the
 //! shared volume. A second case checks POSIX details through the kernel (silly rename of an open
 //! file, rename over a file, O_EXCL, times, a fifo, a sparse file past 4 GiB, a listing that needs
-//! cookies) and acts as a second user (uid 1000) beside the squashed root. Two more cases SIGKILL
-//! the VIP owner's `vipgate node`: one while the guest streams a long write (every byte arrives),
-//! one after the guest sent UNSTABLE WRITEs that nothing committed (the new owner's write verifier
-//! makes the kernel send them again). A planned `vipgate moveip` during the long write is the
-//! last case. The pure parts of the QEMU helper are table-tested here too.
-//! Needs root.
+//! cookies) and acts as a second user (uid 1000) beside the squashed root, then mounts the export
+//! again through the IPv6 VIP. Two more cases SIGKILL the VIP owner's `vipgate node`: one while
+//! the guest streams a long write (every byte arrives), one after the guest sent UNSTABLE WRITEs
+//! that nothing committed (the new owner's write verifier makes the kernel send them again). A
+//! planned `vipgate moveip` during the long write is the last case. The pure parts of the QEMU
+//! helper are table-tested here too. Needs root.
 
 #![allow(
     clippy::unwrap_used,
@@ -37,6 +37,8 @@ use vipgate::lab::{Lab, cluster};
 
 /// The guest's address on the lab's public network (nodes are .11…, clients .101…, VIPs .201…).
 const GUEST_ADDRESS: &str = "192.0.2.150/24";
+/// The guest's IPv6 address on the same network, for the IPv6 mount.
+const GUEST_V6: &str = "2001:db8:0:1::150/64";
 /// Boot, mount and the script's work under TCG on a slow, shared machine.
 const GUEST_DEADLINE: Duration = Duration::from_secs(240);
 /// The mount options: what `mount -t nfs -o vers=3` gives over TCP, hard. `nolock` because the
@@ -545,6 +547,10 @@ fn a_kernel_client_gets_posix_semantics_and_acts_as_its_users() {
         return;
     };
     let vip = first_v4();
+    let vip6 = cluster::vip_addresses()
+        .into_iter()
+        .find(std::net::IpAddr::is_ipv6)
+        .unwrap();
     // `value NAME refused|done` reports whether a command the server should refuse worked.
     let script = mount_script(vip)
         + &format!(
@@ -589,8 +595,18 @@ outcome user-remove-others su user -c 'rm -f /mnt/dated'
 step user-create su user -c 'echo mine > /mnt/open/mine.txt'
 value user-owner $(stat -c %u:%g /mnt/open/mine.txt)
 value user-read-own "$(su user -c 'cat /mnt/open/mine.txt')"
+ip addr add {GUEST_V6} dev eth0
+i=0; while [ $i -lt 100 ] && ip -6 addr show dev eth0 | grep -q tentative; do sleep 0.1; i=$((i+1)); done
+mkdir -p /mnt6
+step mount-v6 mount -t nfs -o {MOUNT_OPTIONS},proto=tcp6 [{vip6}]:/{export} /mnt6
+value mount-v6 "$(grep ' /mnt6 nfs ' /proc/mounts)"
+step write-v6 sh -c 'echo over-ipv6 > /mnt6/six.txt'
+value read-v4 "$(cat /mnt/six.txt)"
+step umount-v6 umount /mnt6
 step umount umount /mnt
-"#
+"#,
+            vip6 = vip6,
+            export = cluster::DEMO_EXPORT
         );
     let (report, console) = run_guest(&lab, kit, &script);
     eprintln!("node warnings and errors:\n{}", node_complaints(&lab));
@@ -629,6 +645,15 @@ step umount umount /mnt
     expect("user-remove-others", "refused");
     expect("user-owner", "1000:1000");
     expect("user-read-own", "mine");
+    // The same export over IPv6 (rpcbind GETADDR for tcp6, MOUNT and NFS on the IPv6 VIP).
+    assert!(
+        report
+            .value("mount-v6")
+            .is_some_and(|mount| mount.contains("proto=tcp6")),
+        "{:?}",
+        report.value("mount-v6")
+    );
+    expect("read-v4", "over-ipv6");
 
     // What landed on the shared volume, read directly.
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
