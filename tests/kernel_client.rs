@@ -7,9 +7,10 @@
 //! cookies) and acts as a second user (uid 1000) beside the squashed root, then mounts the export
 //! again through the IPv6 VIP. Two more cases SIGKILL the VIP owner's `vipgate node`: one while
 //! the guest streams a long write (every byte arrives), one after the guest sent UNSTABLE WRITEs
-//! that nothing committed (the new owner's write verifier makes the kernel send them again). A
-//! planned `vipgate moveip` during the long write is the last case. The pure parts of the QEMU
-//! helper are table-tested here too. Needs root.
+//! that nothing committed (the new owner's write verifier makes the kernel send them again). The
+//! long write also rides a hung owner (SIGSTOP: the new owner's tickle makes the client reconnect)
+//! and a planned `vipgate moveip`. The pure parts of the QEMU helper are table-tested here too.
+//! Needs root.
 
 #![allow(
     clippy::unwrap_used,
@@ -748,6 +749,9 @@ enum Disruption {
     Kill,
     /// `vipgate moveip` to another node: the planned release-then-take.
     Move,
+    /// SIGSTOP of the owner's `vipgate node` (a hung daemon): its kernel keeps the client's
+    /// connection open, so only the new owner's tickle makes the client reconnect at once.
+    Stop,
 }
 
 #[test]
@@ -755,6 +759,14 @@ fn a_kernel_client_keeps_writing_through_a_failover() {
     long_write_through(
         "a_kernel_client_keeps_writing_through_a_failover",
         Disruption::Kill,
+    );
+}
+
+#[test]
+fn a_kernel_client_keeps_writing_through_a_hung_owner() {
+    long_write_through(
+        "a_kernel_client_keeps_writing_through_a_hung_owner",
+        Disruption::Stop,
     );
 }
 
@@ -827,6 +839,7 @@ step umount umount /mnt
     let killed = Instant::now();
     match disruption {
         Disruption::Kill => signal(&lab, owner, Signal::SIGKILL),
+        Disruption::Stop => signal(&lab, owner, Signal::SIGSTOP),
         Disruption::Move => {
             let (code, text) =
                 common::cluster::vipgate(&lab, target, &["moveip", &vip.to_string(), target]);
@@ -885,7 +898,7 @@ step umount umount /mnt
     assert_eq!(sha256_of(&export.join("big.bin")), expected);
     let now = holders(&lab)[&vip].clone();
     match disruption {
-        Disruption::Kill => assert!(
+        Disruption::Kill | Disruption::Stop => assert!(
             now.len() == 1 && now[0] != owner,
             "{vip} should be on one survivor: {now:?}"
         ),
