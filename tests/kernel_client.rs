@@ -9,8 +9,9 @@
 //! the guest streams a long write (every byte arrives), one after the guest sent UNSTABLE WRITEs
 //! that nothing committed (the new owner's write verifier makes the kernel send them again). The
 //! long write also rides a hung owner (SIGSTOP: the new owner's tickle makes the client reconnect)
-//! and a planned `vipgate moveip`. The pure parts of the QEMU helper are table-tested here too.
-//! Needs root.
+//! and a planned `vipgate moveip`. Another runs nfs-utils' own `mount.nfs` (with its libraries)
+//! with no version: it tries NFSv4.2, 4.1 and 4.0, is refused, and falls back to NFSv3. The pure
+//! parts of the QEMU helper are table-tested here too. Needs root.
 
 #![allow(
     clippy::unwrap_used,
@@ -30,8 +31,8 @@ use std::time::{Duration, Instant};
 use common::cluster::{first_v4, holders, logs, owner_of, signal, start_cluster};
 use common::qemu::{
     self, Accel, CpioEntry, Guest, GuestReport, cache_key, choose_accel, cpio_newc,
-    cpu_has_virtualisation, elf_is_static, init_script, kernel_package, load_order,
-    modinfo_depends, module_name, package_version, parse_console,
+    cpu_has_virtualisation, elf_is_static, host_files, init_script, kernel_package, ldd_paths,
+    load_order, modinfo_depends, module_name, package_version, parent_directories, parse_console,
 };
 use nix::sys::signal::Signal;
 use vipgate::lab::{Lab, cluster};
@@ -40,6 +41,8 @@ use vipgate::lab::{Lab, cluster};
 const GUEST_ADDRESS: &str = "192.0.2.150/24";
 /// The guest's IPv6 address on the same network, for the IPv6 mount.
 const GUEST_V6: &str = "2001:db8:0:1::150/64";
+/// nfs-utils' mount helper, run in the guest with its shared libraries (Debian's nfs-common).
+const MOUNT_NFS: &str = "/sbin/mount.nfs";
 /// Boot, mount and the script's work under TCG on a slow, shared machine.
 const GUEST_DEADLINE: Duration = Duration::from_secs(240);
 /// The mount options: what `mount -t nfs -o vers=3` gives over TCP, hard. `nolock` because the
@@ -293,6 +296,32 @@ fn the_init_script_loads_modules_in_order_then_runs_the_script() {
     assert!(position("dev eth0") < position(". /script"));
     assert!(position(". /script") < position("VIPGATE-RESULT"));
     assert!(script.trim_end().ends_with("poweroff -f"));
+}
+
+#[test]
+fn ldd_output_gives_the_libraries_and_the_loader() {
+    let output = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                  \tlibtirpc.so.3 => /lib/x86_64-linux-gnu/libtirpc.so.3 (0x00007f1b)\n\
+                  \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f1a)\n\
+                  \t/lib64/ld-linux-x86-64.so.2 (0x00007f1c)\n\
+                  \tlibgone.so.1 => not found\n";
+    assert_eq!(
+        ldd_paths(output),
+        [
+            "/lib/x86_64-linux-gnu/libtirpc.so.3",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2",
+        ]
+    );
+    assert_eq!(
+        parent_directories(&[
+            "/sbin/mount.nfs".into(),
+            "/lib/x86_64-linux-gnu/libc.so.6".into(),
+            "/lib/x86_64-linux-gnu/libtirpc.so.3".into(),
+            "/etc/netconfig".into(),
+        ]),
+        ["sbin", "lib", "lib/x86_64-linux-gnu", "etc"]
+    );
 }
 
 #[test]
@@ -713,6 +742,59 @@ step umount umount /mnt
         !node_complaints(&lab).contains("panicked"),
         "a node panicked:\n{}",
         node_complaints(&lab)
+    );
+}
+
+#[test]
+fn a_stock_mount_without_a_version_negotiates_nfsv3() {
+    let test = "a_stock_mount_without_a_version_negotiates_nfsv3";
+    let Some((lab, kit)) = cluster_and_kit(test) else {
+        return;
+    };
+    // nfs-utils' own mount.nfs (what `mount -t nfs` runs) with no version: it asks for NFSv4
+    // first, gets PROG_MISMATCH (NFS 3 to 3), and falls back to NFSv3 through portmap and
+    // MOUNT. `nolock` because the guest runs no rpc.statd.
+    // libtirpc wants its transports (/etc/netconfig), the `sunrpc` service and the protocols.
+    let extra = host_files(
+        &[MOUNT_NFS],
+        &["/etc/netconfig", "/etc/services", "/etc/protocols"],
+    )
+    .unwrap();
+    let vip = first_v4();
+    let script = format!(
+        r#"
+step mount {MOUNT_NFS} {vip}:/{export} /mnt -n -v -o nolock
+value mount "$(grep ' /mnt nfs' /proc/mounts)"
+step write sh -c 'echo negotiated > /mnt/stock.txt'
+step umount umount /mnt
+"#,
+        export = cluster::DEMO_EXPORT
+    );
+    let mut guest = Guest::boot_with(&lab, kit, GUEST_ADDRESS, &script, &extra).unwrap();
+    let console = guest
+        .wait_end(GUEST_DEADLINE)
+        .unwrap_or_else(|error| panic!("{error}\n{}\n{}", guest.console(), logs(&lab)));
+    let report = parse_console(&console);
+    assert_eq!(
+        report.result,
+        Some(true),
+        "{}",
+        describe(&report, &console, &lab)
+    );
+    let negotiation: Vec<&str> = console
+        .lines()
+        .filter(|line| line.starts_with("mount.nfs:"))
+        .collect();
+    eprintln!("stock mount:\n{}", negotiation.join("\n"));
+    let mount = report.value("mount").unwrap_or_default();
+    assert!(
+        mount.contains("vers=3") && mount.contains(&format!("addr={vip}")),
+        "{mount}"
+    );
+    let export = cluster::volume_source(lab.name()).join(cluster::DEMO_EXPORT);
+    assert_eq!(
+        std::fs::read_to_string(export.join("stock.txt")).unwrap(),
+        "negotiated\n"
     );
 }
 

@@ -27,10 +27,12 @@ pub const CACHE_DIR: &str = "/var/cache/vipgate-test/kernel";
 /// The Debian metapackage whose dependency names the current kernel package.
 pub const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
 /// Bumped whenever what a cache directory holds changes, so an old layout is not reused.
-const CACHE_LAYOUT: &str = "v1";
+const CACHE_LAYOUT: &str = "v2";
 /// The modules the guest needs (their dependencies follow): the virtio PCI transport and NIC,
-/// and the NFSv3 client. A root the package does not ship as a module is built in.
-pub const ROOT_MODULES: [&str; 3] = ["virtio_pci", "virtio_net", "nfsv3"];
+/// and the NFSv3 and NFSv4 clients (a stock `mount.nfs` tries NFSv4 first and falls back to v3
+/// when the server refuses it, as every client with NFSv4 does). A root the package does not
+/// ship as a module is built in.
+pub const ROOT_MODULES: [&str; 4] = ["virtio_pci", "virtio_net", "nfsv3", "nfsv4"];
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 /// Every console line meant for the test starts with this.
@@ -670,8 +672,81 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|error| format!("cannot write {}: {error}", path.display()))
 }
 
-/// The initramfs of one guest: busybox, the kit's modules, `/init` and the test's `/script`.
-pub fn initramfs(kit: &Kit, address: &str, script: &str) -> Result<Vec<u8>, String> {
+/// The shared objects `ldd` names for a program: each `=> /path` and the loader's own line.
+pub fn ldd_paths(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = match line.split_once("=>") {
+                Some((_, target)) => target.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| path.to_owned())
+        })
+        .collect()
+}
+
+/// Every directory above each of `paths` (relative, parents first, once each).
+pub fn parent_directories(paths: &[String]) -> Vec<String> {
+    let mut directories: Vec<String> = Vec::new();
+    for path in paths {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        for depth in 1..parts.len() {
+            let directory = parts[..depth].join("/");
+            if !directories.contains(&directory) {
+                directories.push(directory);
+            }
+        }
+    }
+    directories
+}
+
+/// Host files for the guest at their own paths: `programs` with the shared libraries `ldd`
+/// lists for them (the guest runs the host's binaries as they are), and plain `files`.
+pub fn host_files(programs: &[&str], files: &[&str]) -> Result<Vec<CpioEntry>, String> {
+    let mut paths: Vec<String> = Vec::new();
+    for program in programs {
+        let output = Command::new("ldd")
+            .arg(program)
+            .output()
+            .map_err(|error| format!("cannot run ldd {program}: {error}"))?;
+        if !output.status.success() {
+            return Err(format!("ldd {program} failed"));
+        }
+        paths.push((*program).to_owned());
+        paths.extend(ldd_paths(&String::from_utf8_lossy(&output.stdout)));
+    }
+    paths.extend(files.iter().map(|file| (*file).to_owned()));
+    paths.dedup();
+    let mut entries: Vec<CpioEntry> = parent_directories(&paths)
+        .into_iter()
+        .map(|path| CpioEntry::Directory { path })
+        .collect();
+    for path in &paths {
+        let data = std::fs::read(path).map_err(|error| format!("cannot read {path}: {error}"))?;
+        let mode = if programs.contains(&path.as_str()) || path.contains(".so") {
+            0o755
+        } else {
+            0o644
+        };
+        entries.push(CpioEntry::File {
+            path: path.trim_start_matches('/').to_owned(),
+            mode,
+            data,
+        });
+    }
+    Ok(entries)
+}
+
+/// The initramfs of one guest: busybox, the kit's modules, `/init`, the test's `/script` and
+/// `extra` entries (host programs, see [`host_files`]).
+pub fn initramfs(
+    kit: &Kit,
+    address: &str,
+    script: &str,
+    extra: &[CpioEntry],
+) -> Result<Vec<u8>, String> {
     let read = |path: &Path| {
         std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))
     };
@@ -708,6 +783,7 @@ pub fn initramfs(kit: &Kit, address: &str, script: &str) -> Result<Vec<u8>, Stri
         mode: 0o644,
         data: script.as_bytes().to_vec(),
     });
+    entries.extend_from_slice(extra);
     Ok(cpio_newc(&entries))
 }
 
@@ -723,11 +799,22 @@ pub struct Guest {
 impl Guest {
     /// Boots `kit` in `lab` with `address` (CIDR, on the public network) running `script`.
     pub fn boot(lab: &Lab, kit: &Kit, address: &str, script: &str) -> Result<Guest, String> {
+        Self::boot_with(lab, kit, address, script, &[])
+    }
+
+    /// [`Guest::boot`] with `extra` files in the initramfs.
+    pub fn boot_with(
+        lab: &Lab,
+        kit: &Kit,
+        address: &str,
+        script: &str,
+        extra: &[CpioEntry],
+    ) -> Result<Guest, String> {
         let directory = vipgate::lab::state::lab_dir(lab.name()).join("guest");
         std::fs::create_dir_all(&directory)
             .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
         let initrd = directory.join("initramfs.cpio");
-        std::fs::write(&initrd, initramfs(kit, address, script)?)
+        std::fs::write(&initrd, initramfs(kit, address, script, extra)?)
             .map_err(|error| format!("cannot write {}: {error}", initrd.display()))?;
         let console = directory.join("console.log");
         let switch = &lab.plan().switch_netns;
