@@ -78,7 +78,7 @@ fn the_kernel_package_and_its_version_come_from_apt_output() {
         cache_key("linux-image-6.1.0-56-amd64", "6.1.192-2"),
         "linux-image-6.1.0-56-amd64_6.1.192-2-v2"
     );
-    assert_eq!(cache_key("k", "1:2/../3"), "k_1_2_.._3-v1");
+    assert_eq!(cache_key("k", "1:2/../3"), "k_1_2_.._3-v2");
 }
 
 /// A minimal ELF64 relocatable object with the given named sections, as a module file is laid
