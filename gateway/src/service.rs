@@ -17,6 +17,7 @@ use cluster_config::{ClusterConfig, HandleScheme, NfsVersion};
 use crate::dispatch::Program;
 use crate::export::{ExportId, Policy};
 use crate::handle::{FileHandle, HandleKey, KernelResolver, ObjectResolver, ResolverError};
+use crate::handle_cache::HandleCache;
 use crate::hostname::HostNames;
 use crate::record::LAST_FRAGMENT;
 use crate::rpc::{
@@ -184,6 +185,8 @@ pub struct Service {
     pub(crate) mounts: Mutex<BTreeSet<(String, String)>>,
     /// Locks that make a WRITE's weak cache consistency data exact (see [`Service::file_lock`]).
     file_locks: [Mutex<()>; FILE_LOCK_STRIPES],
+    /// Sealed handles by inode incarnation (handles only, never attributes).
+    pub(crate) handle_cache: HandleCache,
 }
 
 /// How many locks [`Service::file_lock`] spreads files over.
@@ -305,12 +308,18 @@ impl Service {
             host_names: options.host_names,
             mounts: Mutex::new(BTreeSet::new()),
             file_locks: std::array::from_fn(|_| Mutex::new(())),
+            handle_cache: HandleCache::new(crate::handle_cache::DEFAULT_CAPACITY),
         })
     }
 
     /// The exports, in configuration order.
     pub fn exports(&self) -> &[Export] {
         &self.exports
+    }
+
+    /// The cache of sealed handles by inode incarnation (`handle_cache`).
+    pub fn handle_cache(&self) -> &HandleCache {
+        &self.handle_cache
     }
 
     /// The NFSv3 write verifier of this incarnation: UNSTABLE writes and COMMITs report it, and
