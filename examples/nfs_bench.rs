@@ -4,6 +4,12 @@
 //! operations on a local directory as the physical limit. Prints one line per phase:
 //! `PHASE OPERATIONS SECONDS`.
 //!
+//! Listings run twice: right after the files were created (`readdirplus`: every file is less
+//! than a second old), and again once every file is `--settle-ms` old (`readdirplus-settled`),
+//! which is what most listings of a real directory see. The gateway caches handles only for
+//! files born at least a second before (`gateway::handle_cache`), so the first is its uncached
+//! path and the second its cached one. Every listed handle must be the one CREATE returned.
+//!
 //! The protocol is spoken with the gateway's own wire layer (`xdr`, `record`, `rpc`), with the
 //! arguments and results of RFC 1813 encoded and decoded here, so both servers get exactly the
 //! same bytes. Every reply's status is checked: a benchmark of failing calls measures nothing.
@@ -82,9 +88,12 @@ enum Command {
         /// Calls in flight on the connection (1: each call waits for the previous reply).
         #[arg(long, default_value_t = 1)]
         window: usize,
-        /// Complete listings of the directory in the readdir phase.
+        /// Complete listings of the directory in each readdir phase.
         #[arg(long, default_value_t = 10)]
         listings: usize,
+        /// How old every file is before the settled listings (0: no settled listings).
+        #[arg(long, default_value_t = 1500)]
+        settle_ms: u64,
     },
     /// The same phases on a local directory (created, and removed at the end).
     Local {
@@ -93,6 +102,17 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 2000)]
         files: usize,
+        #[arg(long, default_value_t = 10)]
+        listings: usize,
+        #[arg(long, default_value_t = 1500)]
+        settle_ms: u64,
+    },
+    /// Lists an existing directory of the export's root with READDIRPLUS (for profiling).
+    List {
+        #[command(flatten)]
+        server: Server,
+        #[arg(long)]
+        dir: String,
         #[arg(long, default_value_t = 10)]
         listings: usize,
     },
@@ -113,12 +133,38 @@ fn main() -> anyhow::Result<()> {
             files,
             window,
             listings,
-        } => meta(&server, &dir, files, window.max(1), listings),
+            settle_ms,
+        } => meta(
+            &server,
+            &dir,
+            files,
+            window.max(1),
+            listings,
+            Duration::from_millis(settle_ms),
+        ),
         Command::Local {
             dir,
             files,
             listings,
-        } => local(&dir, files, listings),
+            settle_ms,
+        } => local(&dir, files, listings, Duration::from_millis(settle_ms)),
+        Command::List {
+            server,
+            dir,
+            listings,
+        } => {
+            let root = mount(&server)?;
+            let mut nfs = Connection::connect(SocketAddr::new(server.server, server.nfs_port))?;
+            let reply = nfs.call(NFS_PROGRAM, 3, LOOKUP, &diropargs(&root, &dir)?)?;
+            let directory = status_ok(&reply, "LOOKUP", &dir)?.opaque(FHSIZE)?.to_vec();
+            let started = Instant::now();
+            let mut names = 0;
+            for _ in 0..listings {
+                names += list_plus(&mut nfs, &directory, None)?;
+            }
+            report("readdirplus", names, started.elapsed());
+            Ok(())
+        }
         Command::Remove { server, names } => {
             let root = mount(&server)?;
             let mut nfs = Connection::connect(SocketAddr::new(server.server, server.nfs_port))?;
@@ -145,6 +191,7 @@ fn meta(
     files: usize,
     window: usize,
     listings: usize,
+    settle: Duration,
 ) -> anyhow::Result<()> {
     let root = mount(server)?;
     let mut nfs = Connection::connect(SocketAddr::new(server.server, server.nfs_port))?;
@@ -171,6 +218,7 @@ fn meta(
         },
     )?;
     report("create", files, started.elapsed());
+    let created = Instant::now();
 
     let started = Instant::now();
     nfs.pipeline(
@@ -211,15 +259,23 @@ fn meta(
     )?;
     report("getattr", files, started.elapsed());
 
-    let started = Instant::now();
-    for _ in 0..listings {
-        let names = list_plus(&mut nfs, &directory)?;
-        ensure!(
-            names == files,
-            "READDIRPLUS of {dir} listed {names} files, not {files}"
-        );
+    for (phase, wait) in [("readdirplus", None), ("readdirplus-settled", Some(settle))] {
+        if let Some(wait) = wait {
+            if wait.is_zero() || listings == 0 {
+                continue;
+            }
+            std::thread::sleep((created + wait).saturating_duration_since(Instant::now()));
+        }
+        let started = Instant::now();
+        for _ in 0..listings {
+            let names = list_plus(&mut nfs, &directory, Some(&handles))?;
+            ensure!(
+                names == files,
+                "READDIRPLUS of {dir} listed {names} files, not {files}"
+            );
+        }
+        report(phase, files * listings, started.elapsed());
     }
-    report("readdirplus", files * listings, started.elapsed());
 
     let started = Instant::now();
     nfs.pipeline(
@@ -235,8 +291,13 @@ fn meta(
 }
 
 /// Lists a directory completely with READDIRPLUS; returns the number of names other than `.`
-/// and `..`, each of which came with attributes and a handle.
-fn list_plus(nfs: &mut Connection, directory: &[u8]) -> anyhow::Result<usize> {
+/// and `..`, each of which came with attributes and the handle CREATE returned for it
+/// (`handles[index]` for [`file_name`]`(index)`), when `handles` are given.
+fn list_plus(
+    nfs: &mut Connection,
+    directory: &[u8],
+    handles: Option<&[Vec<u8>]>,
+) -> anyhow::Result<usize> {
     let mut cookie = 0u64;
     let mut verifier = [0u8; 8];
     let mut names = 0;
@@ -266,15 +327,32 @@ fn list_plus(nfs: &mut Connection, directory: &[u8]) -> anyhow::Result<usize> {
                 decoder.fixed_opaque(FATTR3_BYTES)?;
             }
             let has_handle = decoder.bool()?;
-            if has_handle {
-                decoder.opaque(FHSIZE)?;
-            }
+            let handle = if has_handle {
+                decoder.opaque(FHSIZE)?
+            } else {
+                &[]
+            };
             entries += 1;
             if name != b"." && name != b".." {
+                let shown = || String::from_utf8_lossy(name);
                 ensure!(
                     has_attributes && has_handle,
                     "READDIRPLUS entry {} without attributes or handle",
-                    String::from_utf8_lossy(name)
+                    shown()
+                );
+                let Some(handles) = handles else {
+                    names += 1;
+                    continue;
+                };
+                let created = name
+                    .strip_prefix(b"f")
+                    .and_then(|digits| std::str::from_utf8(digits).ok())
+                    .and_then(|digits| digits.parse::<usize>().ok())
+                    .and_then(|index| handles.get(index));
+                ensure!(
+                    created.map(Vec::as_slice) == Some(handle),
+                    "READDIRPLUS listed {} with another handle than CREATE returned",
+                    shown()
                 );
                 names += 1;
             }
@@ -287,7 +365,12 @@ fn list_plus(nfs: &mut Connection, directory: &[u8]) -> anyhow::Result<usize> {
     bail!("READDIRPLUS never reached the end of the directory")
 }
 
-fn local(dir: &std::path::Path, files: usize, listings: usize) -> anyhow::Result<()> {
+fn local(
+    dir: &std::path::Path,
+    files: usize,
+    listings: usize,
+    settle: Duration,
+) -> anyhow::Result<()> {
     std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let paths: Vec<PathBuf> = (0..files).map(|index| dir.join(file_name(index))).collect();
 
@@ -302,6 +385,7 @@ fn local(dir: &std::path::Path, files: usize, listings: usize) -> anyhow::Result
             .with_context(|| format!("cannot create {}", path.display()))?;
     }
     report("create", files, started.elapsed());
+    let created = Instant::now();
 
     let started = Instant::now();
     for path in &paths {
@@ -310,16 +394,24 @@ fn local(dir: &std::path::Path, files: usize, listings: usize) -> anyhow::Result
     }
     report("lookup", files, started.elapsed());
 
-    let started = Instant::now();
-    for _ in 0..listings {
-        let mut names = 0;
-        for entry in std::fs::read_dir(dir)? {
-            entry?.metadata()?;
-            names += 1;
+    for (phase, wait) in [("readdirplus", None), ("readdirplus-settled", Some(settle))] {
+        if let Some(wait) = wait {
+            if wait.is_zero() || listings == 0 {
+                continue;
+            }
+            std::thread::sleep((created + wait).saturating_duration_since(Instant::now()));
         }
-        ensure!(names == files, "{} lists {names} files", dir.display());
+        let started = Instant::now();
+        for _ in 0..listings {
+            let mut names = 0;
+            for entry in std::fs::read_dir(dir)? {
+                entry?.metadata()?;
+                names += 1;
+            }
+            ensure!(names == files, "{} lists {names} files", dir.display());
+        }
+        report(phase, files * listings, started.elapsed());
     }
-    report("readdirplus", files * listings, started.elapsed());
 
     let started = Instant::now();
     for path in &paths {

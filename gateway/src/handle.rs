@@ -227,6 +227,13 @@ pub trait ObjectResolver: Send + Sync + fmt::Debug {
     /// Opens the object with `O_PATH` (as the daemon: the caller's permissions are checked by
     /// the operation that follows).
     fn open(&self, id: &ObjectId) -> io::Result<OwnedFd>;
+    /// Whether an object's id is a function of its inode incarnation alone — the same bytes
+    /// however the object was reached, and other bytes for a later incarnation of a reused inode
+    /// number — so that `handle_cache` may reuse the handle of a (device, inode, birth time).
+    /// No by default: a resolver says yes only when that is provably so.
+    fn ids_follow_incarnation(&self) -> bool {
+        false
+    }
 }
 
 /// Why a volume cannot serve file handles; reported at startup.
@@ -447,6 +454,12 @@ impl ObjectResolver for KernelResolver {
 
     fn object_id_at(&self, dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> io::Result<ObjectId> {
         self.id_of(sys::name_to_handle(dir, name)?)
+    }
+
+    /// Kernel handles encode the inode number and its generation; without
+    /// `AT_HANDLE_CONNECTABLE` (never asked for) they do not encode the parent or the name.
+    fn ids_follow_incarnation(&self) -> bool {
+        true
     }
 
     fn open(&self, id: &ObjectId) -> io::Result<OwnedFd> {

@@ -14,8 +14,9 @@
 //!   procedure and answering AUTH_ERROR, PROG_UNAVAIL, PROG_MISMATCH or PROC_UNAVAIL.
 //!
 //! On it sit the programs ([`portmap`], [`mount`], [`nfs3`]), the policy and safety pieces
-//! ([`export`] client lists and squash, [`handle`] failover-safe handles and [`gfid`] their
-//! GlusterFS resolver, [`creds`] per-thread
+//! ([`export`] client lists and squash, [`handle`] failover-safe handles, [`handle_cache`] their
+//! cache by inode incarnation and [`gfid`] their GlusterFS resolver, [`drc`] the duplicate
+//! request cache, [`creds`] per-thread
 //! credentials, [`sys`] the system calls), the [`service::Service`] that holds the open exports
 //! and runs calls, and [`server`], the tokio loop. A connection task drives them in this order
 //! for every chunk read from the socket:
@@ -44,6 +45,7 @@ pub mod drc;
 pub mod export;
 pub mod gfid;
 pub mod handle;
+pub mod handle_cache;
 pub mod hostname;
 pub mod mount;
 pub mod nfs3;

@@ -3,25 +3,35 @@
 //! file-system work on the blocking pool, and a shutdown that drains within a deadline.
 //!
 //! Per connection, a reader cuts records out of the stream, classifies and dispatches them
-//! (module docs of the crate give the order), and hands each NFS or MOUNT call to a task that
-//! runs it on tokio's blocking pool; a writer task sends replies in the order they complete, so
+//! (module docs of the crate give the order), and runs each NFS or MOUNT call on tokio's
+//! blocking pool (file-system calls never run on the async workers, so a hung volume cannot
+//! stall the node). The worker thread that ran a call writes its reply itself, through the
+//! connection's `ReplySink`: a non-blocking write when nothing is queued before it, so a quick
+//! call costs the wake-up of one worker thread and no more; whatever the socket does not take
+//! at once goes to the connection's flusher task. Replies go out in the order they complete, so
 //! a slow call does not hold up the quick ones behind it (RFC 5531 lets replies go out in any
 //! order; clients match them by xid). Two semaphores bound the work: calls in flight per
-//! connection (the reader stops reading while the connection is at its bound, so a client that
-//! pipelines without end is slowed by TCP, not by our memory) and calls in flight over all
-//! connections. With records bounded by the record decoder, memory is bounded by
-//! `requests_in_flight × (record + reply)` plus one partial record per connection.
+//! connection, counted until the reply is written (the reader stops reading while the
+//! connection is at its bound, so a client that pipelines without end, or does not read its
+//! replies, is slowed by TCP, not by our memory), and calls running over all connections. With
+//! records bounded by the record decoder, memory is bounded by
+//! `connections × requests_per_connection × (record + reply)` plus one partial record per
+//! connection.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::collections::VecDeque;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -188,20 +198,13 @@ impl ConnectionTask {
         tracing::debug!(%peer, "connection opened");
         // Replies are small and latency-bound; do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
-        let slots = self.limits.requests_per_connection.max(1);
-        let (replies, mut outgoing) = mpsc::channel::<Vec<u8>>(slots);
-        let writer_task = tokio::spawn(async move {
-            while let Some(reply) = outgoing.recv().await {
-                if writer.write_all(&reply).await.is_err() {
-                    // The peer is gone; drain the channel so senders do not wait forever.
-                    outgoing.close();
-                    while outgoing.recv().await.is_some() {}
-                    return;
-                }
-            }
-            let _ = writer.shutdown().await;
+        let (mut reader, writer) = stream.into_split();
+        let sink = Arc::new(ReplySink::new(writer));
+        let flusher = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.flush().await }
         });
+        let slots = self.limits.requests_per_connection.max(1);
         let slots_semaphore = Arc::new(Semaphore::new(slots));
         let mut decoder = RecordDecoder::new(DEFAULT_MAX_RECORD);
         let mut buffer = vec![0u8; 64 * 1024];
@@ -222,9 +225,9 @@ impl ConnectionTask {
             loop {
                 match decoder.decode(&mut input) {
                     Ok(Some(record)) => {
-                        // Break: the writer is gone; finish what is in flight.
+                        // Break: the peer is gone; finish what is in flight.
                         if self
-                            .process(record, &replies, &slots_semaphore)
+                            .process(record, &sink, &slots_semaphore)
                             .await
                             .is_break()
                         {
@@ -239,20 +242,15 @@ impl ConnectionTask {
                 }
             }
         }
-        // Let the calls in flight finish and their replies go out, within the deadline.
+        // Let the calls in flight finish and their replies go out, within the deadline: a slot
+        // is given back only once its reply is written (or the peer is gone).
         let all = u32::try_from(slots).unwrap_or(u32::MAX);
         let drained = tokio::time::timeout(self.limits.drain, slots_semaphore.acquire_many(all));
         if drained.await.is_err() {
             tracing::warn!(%peer, "calls still running at the drain deadline");
         }
-        drop(replies);
-        let mut writer_task = writer_task;
-        if tokio::time::timeout(self.limits.drain, &mut writer_task)
-            .await
-            .is_err()
-        {
-            writer_task.abort();
-        }
+        sink.close();
+        flusher.abort();
         tracing::debug!(%peer, "connection closed");
     }
 
@@ -260,7 +258,7 @@ impl ConnectionTask {
     async fn process(
         &self,
         record: Vec<u8>,
-        replies: &mpsc::Sender<Vec<u8>>,
+        sink: &Arc<ReplySink>,
         slots: &Arc<Semaphore>,
     ) -> ControlFlow<()> {
         let peer = self.connection.peer;
@@ -268,7 +266,7 @@ impl ConnectionTask {
             Classification::Call { call, args_offset } => (call, args_offset),
             Classification::Reject { reply, cause } => {
                 tracing::debug!(%peer, %cause, "rejecting call");
-                return sent(replies.send(framed_reply(&reply)).await);
+                return sent(sink.send(framed_reply(&reply), None));
             }
             Classification::Drop(cause) => {
                 tracing::debug!(%peer, %cause, "dropping message");
@@ -280,12 +278,12 @@ impl ConnectionTask {
                 xid: call.xid,
                 body,
             });
-            return sent(replies.send(reply).await);
+            return sent(sink.send(reply, None));
         }
         if Service::is_inline(call.program) {
             let args = record.get(args_offset..).unwrap_or_default();
             let reply = self.service.handle(&self.connection, &call, args);
-            return sent(replies.send(reply).await);
+            return sent(sink.send(reply, None));
         }
         // Wait for a slot on this connection, then one over all connections: while waiting,
         // nothing more is read from this client.
@@ -296,36 +294,273 @@ impl ConnectionTask {
         let Ok(global) = self.in_flight.clone().acquire_owned().await else {
             return ControlFlow::Break(());
         };
+        if sink.is_closed() {
+            return ControlFlow::Break(());
+        }
+        sink.running.fetch_add(1, Ordering::AcqRel);
         let service = self.service.clone();
         let connection = self.connection.clone();
-        let replies = replies.clone();
-        let xid = call.xid;
-        tokio::spawn(async move {
-            let outcome = tokio::task::spawn_blocking(move || {
+        let sink = sink.clone();
+        // The worker thread hands the reply to the sink itself rather than back to this task
+        // (ReplySink::completed).
+        tokio::task::spawn_blocking(move || {
+            let xid = call.xid;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let args = record.get(args_offset..).unwrap_or_default();
                 service.handle(&connection, &call, args)
-            })
-            .await;
-            let reply = outcome.unwrap_or_else(|error| {
+            }));
+            let reply = outcome.unwrap_or_else(|_| {
                 // A bug in a handler must cost one call, not the node (DESIGN.md invariant 7).
-                tracing::error!(xid, %error, "procedure failed");
+                tracing::error!(xid, "procedure panicked");
                 framed_reply(&ReplyHeader {
                     xid,
                     body: ReplyBody::accepted(AcceptStatus::SystemErr),
                 })
             });
-            let _ = replies.send(reply).await;
             drop(global);
-            drop(slot);
+            sink.completed(reply, slot);
         });
         ControlFlow::Continue(())
     }
 }
 
-/// Continue after a reply was queued; stop when the writer is gone.
-fn sent<E>(outcome: Result<(), E>) -> ControlFlow<()> {
-    match outcome {
-        Ok(()) => ControlFlow::Continue(()),
-        Err(_) => ControlFlow::Break(()),
+/// The sending side of one connection, shared by its task and the worker threads running its
+/// calls. When a call completes and no other call of the connection is running or queued, the
+/// worker thread writes the reply at once, with a non-blocking write under the sink's lock (so
+/// records never interleave): a client that makes one call at a time waits for one thread
+/// wake-up per call, not two. Otherwise, and for whatever the socket does not take at once, the
+/// reply is queued for the connection's flusher task, which writes everything queued with one
+/// `writev` when the socket is writable: a client with many calls in flight gets its replies
+/// in fewer segments and wake-ups. A queued reply keeps its connection slot until it is
+/// written, so a client that does not read its replies stops being read from (the memory bound
+/// of the module documentation).
+#[derive(Debug)]
+struct ReplySink {
+    stream: OwnedWriteHalf,
+    state: std::sync::Mutex<SinkState>,
+    wake: Notify,
+    /// Calls of this connection handed to the blocking pool whose replies are not yet sent.
+    running: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct SinkState {
+    queue: VecDeque<(Vec<u8>, Option<OwnedSemaphorePermit>)>,
+    /// Bytes of the front reply already written.
+    written: usize,
+    /// The peer is gone or the connection is over: replies are dropped.
+    closed: bool,
+}
+
+/// The most replies one `writev` of the flusher gathers.
+const GATHER: usize = 64;
+
+impl ReplySink {
+    fn new(stream: OwnedWriteHalf) -> Self {
+        ReplySink {
+            stream,
+            state: std::sync::Mutex::new(SinkState::default()),
+            wake: Notify::new(),
+            running: AtomicUsize::new(0),
+        }
+    }
+
+    /// The reply of a call run on the blocking pool, from its worker thread: written at once
+    /// when it is the only one in the way, queued for the flusher otherwise.
+    fn completed(&self, reply: Vec<u8>, slot: OwnedSemaphorePermit) {
+        let others = self
+            .running
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        // An empty reply is the duplicate request cache's "send nothing": it must not reach
+        // the flusher, whose zero-byte write would read as a closed peer.
+        if reply.is_empty() {
+            return;
+        }
+        if others == 0 {
+            self.send(reply, Some(slot));
+        } else {
+            let mut state = self.lock();
+            if state.closed {
+                return;
+            }
+            state.queue.push_back((reply, Some(slot)));
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        // Nothing panics while the lock is held; the state stays consistent either way.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `reply` (releasing `slot` once it is written) from any thread, without blocking.
+    /// False when the peer is gone.
+    fn send(&self, reply: Vec<u8>, slot: Option<OwnedSemaphorePermit>) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        if reply.is_empty() {
+            return true;
+        }
+        if !state.queue.is_empty() {
+            state.queue.push_back((reply, slot));
+            return true;
+        }
+        let mut written = 0;
+        while written < reply.len() {
+            match self.stream.try_write(&reply[written..]) {
+                Ok(0) => {
+                    state.closed = true;
+                    return false;
+                }
+                Ok(length) => written += length,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    state.closed = true;
+                    return false;
+                }
+            }
+        }
+        if written < reply.len() {
+            state.written = written;
+            state.queue.push_back((reply, slot));
+            drop(state);
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Writes queued replies as the socket takes them, until the connection ends.
+    async fn flush(&self) {
+        loop {
+            self.wake.notified().await;
+            loop {
+                if self.stream.writable().await.is_err() {
+                    self.close();
+                    return;
+                }
+                let mut state = self.lock();
+                let state = &mut *state;
+                while !state.queue.is_empty() {
+                    let written = {
+                        let mut slices = [io::IoSlice::new(&[]); GATHER];
+                        let mut count = 0;
+                        for (index, (reply, _)) in state.queue.iter().take(GATHER).enumerate() {
+                            let skip = if index == 0 { state.written } else { 0 };
+                            slices[index] = io::IoSlice::new(reply.get(skip..).unwrap_or_default());
+                            count += 1;
+                        }
+                        self.stream.try_write_vectored(&slices[..count])
+                    };
+                    match written {
+                        Ok(0) => {
+                            drop(state.queue.drain(..));
+                            state.closed = true;
+                            return;
+                        }
+                        Ok(mut length) => {
+                            // Release every reply written completely, and note how far the
+                            // next one got.
+                            while let Some((reply, _)) = state.queue.front() {
+                                let left = reply.len() - state.written;
+                                if length < left {
+                                    state.written += length;
+                                    break;
+                                }
+                                length -= left;
+                                state.written = 0;
+                                state.queue.pop_front();
+                            }
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            drop(state.queue.drain(..));
+                            state.closed = true;
+                            return;
+                        }
+                    }
+                }
+                if state.queue.is_empty() || state.closed {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Ends the connection's sending side: queued and later replies are dropped (their slots
+    /// given back), and the peer is sent a FIN.
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.queue.clear();
+        let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Continue after a reply was sent or queued; stop when the peer is gone.
+fn sent(delivered: bool) -> ControlFlow<()> {
+    if delivered {
+        ControlFlow::Continue(())
+    } else {
+        ControlFlow::Break(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair on loopback: the sink on one side, a reader on the other.
+    async fn pair() -> (Arc<ReplySink>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = TcpStream::connect(address).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_, write) = server.into_split();
+        (Arc::new(ReplySink::new(write)), client)
+    }
+
+    #[tokio::test]
+    async fn an_empty_reply_sends_nothing_and_keeps_the_connection() {
+        let (sink, mut client) = pair().await;
+        let flusher = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.flush().await })
+        };
+        let slots = Arc::new(Semaphore::new(4));
+        // Two calls running; the first ends with the cache's empty reply while the other
+        // still runs, which used to queue a zero-byte write for the flusher.
+        sink.running.fetch_add(2, Ordering::AcqRel);
+        sink.completed(Vec::new(), slots.clone().acquire_owned().await.unwrap());
+        // Let the flusher (same thread: a current-thread runtime) see whatever was queued.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!sink.is_closed());
+        assert!(sink.send(Vec::new(), None));
+        sink.completed(
+            b"reply".to_vec(),
+            slots.clone().acquire_owned().await.unwrap(),
+        );
+        let mut received = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut received))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&received, b"reply");
+        assert!(!sink.is_closed());
+        assert_eq!(slots.available_permits(), 4);
+        flusher.abort();
     }
 }

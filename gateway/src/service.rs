@@ -23,6 +23,7 @@ use crate::handle::{
     FileHandle, HandleKey, KernelResolver, ObjectResolver, ResolverError, ResolverKind,
     resolver_kind,
 };
+use crate::handle_cache::HandleCache;
 use crate::hostname::HostNames;
 use crate::record::LAST_FRAGMENT;
 use crate::rpc::{
@@ -217,6 +218,8 @@ pub struct Service {
     file_locks: [Mutex<()>; FILE_LOCK_STRIPES],
     /// Replies of non-idempotent calls, for clients that send them again.
     duplicates: DuplicateCache,
+    /// Sealed handles by inode incarnation (handles only, never attributes).
+    pub(crate) handle_cache: HandleCache,
 }
 
 /// How many locks [`Service::file_lock`] spreads files over.
@@ -331,12 +334,18 @@ impl Service {
             mounts: Mutex::new(BTreeSet::new()),
             file_locks: std::array::from_fn(|_| Mutex::new(())),
             duplicates: DuplicateCache::new(drc::Limits::default()),
+            handle_cache: HandleCache::new(crate::handle_cache::DEFAULT_CAPACITY),
         })
     }
 
     /// The exports, in configuration order.
     pub fn exports(&self) -> &[Export] {
         &self.exports
+    }
+
+    /// The cache of sealed handles by inode incarnation (`handle_cache`).
+    pub fn handle_cache(&self) -> &HandleCache {
+        &self.handle_cache
     }
 
     /// The NFSv3 write verifier of this incarnation: UNSTABLE writes and COMMITs report it, and

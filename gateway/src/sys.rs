@@ -173,7 +173,7 @@ pub fn open_by_handle(
 }
 
 /// A point in time as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Time {
     pub seconds: i64,
     pub nanoseconds: u32,
@@ -199,6 +199,10 @@ pub struct Stat {
     pub mtime: Time,
     pub ctime: Time,
     pub mount_id: u64,
+    /// When this inode incarnation was created, if the file system records it (ext4, xfs,
+    /// btrfs, tmpfs, CephFS do): together with device and inode number it tells incarnations
+    /// apart (`handle_cache`).
+    pub birth: Option<Time>,
 }
 
 impl Stat {
@@ -250,7 +254,7 @@ pub fn statx(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
             dir.as_raw_fd(),
             name.as_ptr(),
             flags,
-            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID,
+            libc::STATX_BASIC_STATS | libc::STATX_MNT_ID | libc::STATX_BTIME,
             &mut buffer,
         )
     })?;
@@ -270,6 +274,7 @@ pub fn statx(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
         mtime: time(buffer.stx_mtime),
         ctime: time(buffer.stx_ctime),
         mount_id: buffer.stx_mnt_id,
+        birth: (buffer.stx_mask & libc::STATX_BTIME != 0).then(|| time(buffer.stx_btime)),
     })
 }
 
@@ -332,6 +337,15 @@ pub fn read_dir_at(
     offset: u64,
     buffer: &mut [u8],
 ) -> io::Result<Vec<DirEntry>> {
+    let filled = read_dir_raw_at(dir, offset, buffer)?;
+    Ok(parse_dirents(buffer.get(..filled).unwrap_or_default()))
+}
+
+/// As [`read_dir_at`], but returns how many bytes of `linux_dirent64` records it put into
+/// `buffer` (0 at the end of the directory), for [`dirents`] to walk without copying names.
+/// `getdents64` fails with EINVAL when `buffer` cannot hold the next record (at most 280
+/// bytes).
+pub fn read_dir_raw_at(dir: BorrowedFd<'_>, offset: u64, buffer: &mut [u8]) -> io::Result<usize> {
     let offset =
         libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: plain lseek on a descriptor we borrow.
@@ -339,43 +353,104 @@ pub fn read_dir_at(
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `buffer` is valid for writes of `buffer.len()` bytes.
-    let filled = check_size(unsafe {
+    check_size(unsafe {
         libc::syscall(
             libc::SYS_getdents64,
             dir.as_raw_fd(),
             buffer.as_mut_ptr(),
             buffer.len(),
         ) as libc::ssize_t
-    })?;
-    Ok(parse_dirents(buffer.get(..filled).unwrap_or_default()))
+    })
 }
 
-/// Parses `linux_dirent64` records: `d_ino` u64, `d_off` i64, `d_reclen` u16, `d_type` u8, then
-/// the NUL-terminated name. Stops at the first malformed record rather than trusting it.
-pub fn parse_dirents(mut bytes: &[u8]) -> Vec<DirEntry> {
-    let mut entries = Vec::new();
-    while bytes.len() >= 19 {
-        let ino = u64::from_ne_bytes(bytes[0..8].try_into().unwrap_or_default());
-        let next_offset = i64::from_ne_bytes(bytes[8..16].try_into().unwrap_or_default());
-        let record_length = usize::from(u16::from_ne_bytes(
-            bytes[16..18].try_into().unwrap_or_default(),
-        ));
-        let Some(record) = bytes.get(..record_length).filter(|_| record_length >= 19) else {
-            break;
-        };
-        let name_field = &record[19..];
-        let name_length = name_field
-            .iter()
-            .position(|byte| *byte == 0)
-            .unwrap_or(name_field.len());
-        entries.push(DirEntry {
+/// One `linux_dirent64` record, borrowed from the buffer `getdents64` filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirEntryRef<'a> {
+    pub ino: u64,
+    /// The position after this entry: where a listing resumes (the NFS cookie).
+    pub next_offset: u64,
+    /// The name, NUL-terminated in the record itself (so no copy is needed to pass it on).
+    pub name: &'a CStr,
+    /// The record's length in the buffer.
+    pub record_length: usize,
+}
+
+/// Walks `linux_dirent64` records: `d_ino` u64, `d_off` i64, `d_reclen` u16, `d_type` u8, then
+/// the NUL-terminated name. Stops at the first malformed record (too short, longer than what
+/// is left, or a name without its NUL) rather than trusting it.
+pub fn dirents(bytes: &[u8]) -> impl Iterator<Item = DirEntryRef<'_>> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let header = rest.get(..19)?;
+        let ino = u64::from_ne_bytes(header[0..8].try_into().ok()?);
+        let next_offset = i64::from_ne_bytes(header[8..16].try_into().ok()?);
+        let record_length = usize::from(u16::from_ne_bytes(header[16..18].try_into().ok()?));
+        let record = rest.get(..record_length).filter(|_| record_length > 19)?;
+        let name = CStr::from_bytes_until_nul(&record[19..]).ok()?;
+        rest = &rest[record_length..];
+        Some(DirEntryRef {
             ino,
             next_offset: next_offset as u64,
-            name: name_field[..name_length].to_vec(),
-        });
-        bytes = &bytes[record_length..];
+            name,
+            record_length,
+        })
+    })
+}
+
+/// Parses `linux_dirent64` records into owned entries (see [`dirents`]).
+pub fn parse_dirents(bytes: &[u8]) -> Vec<DirEntry> {
+    dirents(bytes)
+        .map(|entry| DirEntry {
+            ino: entry.ino,
+            next_offset: entry.next_offset,
+            name: entry.name.to_bytes().to_vec(),
+        })
+        .collect()
+}
+
+/// Reads up to `count` bytes of `file` at `offset` (`pread`, so no file position is used)
+/// into the spare capacity of `buffer`, appending them; stops early only at the end of the file
+/// or at an error after some bytes were read (those are kept). Returns how many were appended.
+/// One system call per read, whatever the size: `Read::read_to_end` starts at 8 KiB and
+/// doubles, which took eight calls per 1 MiB READ.
+pub fn pread_append(
+    file: BorrowedFd<'_>,
+    buffer: &mut Vec<u8>,
+    count: usize,
+    offset: u64,
+) -> io::Result<usize> {
+    buffer.reserve_exact(count);
+    let mut appended = 0;
+    while appended < count {
+        let Ok(position) = libc::off_t::try_from(offset.saturating_add(appended as u64)) else {
+            break;
+        };
+        let spare = buffer.spare_capacity_mut();
+        let wanted = (count - appended).min(spare.len());
+        // SAFETY: `spare` is valid for writes of `wanted` bytes (it is the vector's spare
+        // capacity, reserved above); the kernel writes at most that many.
+        let result = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast::<libc::c_void>(),
+                wanted,
+                position,
+            )
+        };
+        match check_size(result) {
+            Ok(0) => break,
+            Ok(read) => {
+                let read = read.min(wanted);
+                // SAFETY: the kernel initialised `read` bytes of the spare capacity.
+                unsafe { buffer.set_len(buffer.len() + read) };
+                appended += read;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if appended == 0 => return Err(error),
+            Err(_) => break,
+        }
     }
-    entries
+    Ok(appended)
 }
 
 /// `readlinkat(fd, "")`: the target of the symbolic link `fd` (opened with `O_PATH|O_NOFOLLOW`).
@@ -607,6 +682,38 @@ mod tests {
     }
 
     #[test]
+    fn pread_append_reads_at_an_offset_and_stops_at_the_end() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("file");
+        let content: Vec<u8> = (0..100_000u32).map(|index| (index % 253) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut buffer = b"head".to_vec();
+        assert_eq!(
+            pread_append(file.as_fd(), &mut buffer, 1000, 5).unwrap(),
+            1000
+        );
+        assert_eq!(&buffer[..4], b"head");
+        assert_eq!(&buffer[4..], &content[5..1005]);
+        let mut buffer = Vec::new();
+        assert_eq!(
+            pread_append(file.as_fd(), &mut buffer, 10_000, 95_000).unwrap(),
+            5_000
+        );
+        assert_eq!(buffer, &content[95_000..]);
+        assert_eq!(
+            pread_append(file.as_fd(), &mut buffer, 10, 1 << 40).unwrap(),
+            0
+        );
+        assert_eq!(
+            pread_append(file.as_fd(), &mut buffer, 10, u64::MAX).unwrap(),
+            0
+        );
+        let directory_fd = std::fs::File::open(directory.path()).unwrap();
+        assert!(pread_append(directory_fd.as_fd(), &mut Vec::new(), 10, 0).is_err());
+    }
+
+    #[test]
     fn dirents_parse_and_stop_at_garbage() {
         let mut bytes = record(5, 10, b"a");
         bytes.extend(record(6, 20, b"longer-name"));
@@ -622,6 +729,14 @@ mod tests {
         broken[16..18].copy_from_slice(&500u16.to_ne_bytes());
         assert!(parse_dirents(&broken).is_empty());
         assert!(parse_dirents(&[0; 18]).is_empty());
+        // A name that runs to the end of its record without a NUL.
+        let mut broken = record(7, 30, b"1234");
+        broken[19..].fill(b'x');
+        assert!(parse_dirents(&broken).is_empty());
+        let borrowed: Vec<_> = dirents(&bytes).collect();
+        assert_eq!(borrowed[0].name, c"a");
+        assert_eq!(borrowed[0].record_length, 24);
+        assert_eq!(borrowed[1].ino, 6);
     }
 
     #[test]

@@ -593,6 +593,122 @@ fn readdir_cookies_resume_on_another_node() {
     );
 }
 
+/// Waits until every file of `dir` was born at least the handle cache's admission margin ago
+/// (the cache refuses younger ones), by the clock the cache reads.
+fn wait_until_settled(dir: &std::path::Path) {
+    let newest = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().metadata().unwrap().created().unwrap())
+        .max()
+        .unwrap();
+    let settled =
+        newest + gateway::handle_cache::BIRTH_MARGIN + std::time::Duration::from_millis(50);
+    while std::time::SystemTime::now() < settled {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `(name, handle)` of every READDIRPLUS entry but `.` and `..`.
+fn listed_handles(nfs: &mut common::Nfs, dir: &[u8]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    nfs.readdir_all(dir, 64 * 1024, true)
+        .into_iter()
+        .filter(|entry| entry.name != b"." && entry.name != b"..")
+        .map(|entry| (entry.name, entry.handle.unwrap()))
+        .collect()
+}
+
+#[test]
+fn cached_handles_are_the_uncached_ones_and_follow_inodes() {
+    if !common::root_or_skip("cached_handles_are_the_uncached_ones_and_follow_inodes") {
+        return;
+    }
+    let volume = volume();
+    let data = common::make_dir(volume.path().join("data"));
+    for index in 0..40 {
+        std::fs::write(data.join(format!("old-{index:02}")), b"").unwrap();
+    }
+    let created = std::time::Instant::now();
+    let exports = [TestExport::rw("data", "data", Squash::None)];
+    let node_a = TestServer::start(volume.path(), &exports);
+    let mut a = node_a.nfs(root());
+    let root_fh = a.mnt("/data").unwrap();
+
+    // Files younger than the margin are never cached, listed or looked up (checked when this
+    // machine was quick enough for the files to still be young; the unit tests check the rule).
+    let fresh = listed_handles(&mut a, &root_fh);
+    assert_eq!(fresh.len(), 40);
+    a.lookup(&root_fh, b"old-00").unwrap();
+    if created.elapsed() < gateway::handle_cache::BIRTH_MARGIN / 2 {
+        assert!(node_a.service.handle_cache().is_empty());
+    }
+
+    wait_until_settled(&data);
+    // The first settled listing fills the cache, the second is served from it; both give the
+    // bytes the uncached path gave, and so does a node that has never seen these files
+    // (DESIGN.md invariant 3).
+    let filling = listed_handles(&mut a, &root_fh);
+    assert_eq!(node_a.service.handle_cache().len(), 40);
+    let cached = listed_handles(&mut a, &root_fh);
+    assert_eq!(filling, fresh);
+    assert_eq!(cached, fresh);
+    let node_b = TestServer::start(volume.path(), &exports);
+    let mut b = node_b.nfs(root());
+    for (name, handle) in &cached {
+        let (looked_up, attr) = b.lookup(&root_fh, name).unwrap();
+        assert_eq!(&looked_up, handle);
+        // LOOKUP through A's cache, too.
+        assert_eq!(&a.lookup(&root_fh, name).unwrap().0, handle);
+        // Attributes are never cached: they change at once on every node.
+        assert_eq!(a.getattr(handle).unwrap(), attr);
+    }
+    std::fs::write(data.join("old-00"), b"grown").unwrap();
+    let entries = a.readdir_all(&root_fh, 64 * 1024, true);
+    let grown = entries
+        .iter()
+        .find(|entry| entry.name == b"old-00")
+        .unwrap();
+    assert_eq!(grown.attr.unwrap().size, 5);
+
+    // A rename keeps the object and so its handle; the cache, keyed by inode, agrees.
+    std::fs::rename(data.join("old-01"), data.join("renamed")).unwrap();
+    let after_rename = listed_handles(&mut a, &root_fh);
+    assert_eq!(after_rename[&b"renamed"[..]], cached[&b"old-01"[..]]);
+
+    // Replace files by new ones, which may well reuse the inode numbers (ext4 does): the new
+    // incarnations get their own handles, the ones an uncached node computes, and the old
+    // handles are stale rather than naming the new files.
+    for index in 2..20 {
+        std::fs::remove_file(data.join(format!("old-{index:02}"))).unwrap();
+    }
+    for index in 2..20 {
+        std::fs::write(data.join(format!("old-{index:02}")), b"new").unwrap();
+    }
+    for settled in [false, true] {
+        if settled {
+            wait_until_settled(&data);
+        }
+        let replaced = listed_handles(&mut a, &root_fh);
+        let node_c = TestServer::start(volume.path(), &exports);
+        let mut c = node_c.nfs(root());
+        for index in 2..20 {
+            let name = format!("old-{index:02}");
+            let handle = &replaced[name.as_bytes()];
+            assert_ne!(
+                handle,
+                &cached[name.as_bytes()],
+                "{name} kept its old handle"
+            );
+            assert_eq!(&c.lookup(&root_fh, name.as_bytes()).unwrap().0, handle);
+            assert_eq!(a.getattr(handle).unwrap().size, 3);
+            assert_eq!(
+                a.getattr(&cached[name.as_bytes()]),
+                Err(status::STALE),
+                "the old handle of {name} must be stale"
+            );
+        }
+    }
+}
+
 #[test]
 fn many_calls_in_flight_on_one_connection() {
     if !common::root_or_skip("many_calls_in_flight_on_one_connection") {
@@ -642,6 +758,56 @@ fn many_calls_in_flight_on_one_connection() {
         );
     }
     assert!(expected.is_empty());
+}
+
+#[test]
+fn large_replies_in_flight_arrive_whole_and_in_one_piece_each() {
+    if !common::root_or_skip("large_replies_in_flight_arrive_whole_and_in_one_piece_each") {
+        return;
+    }
+    let (volume, server) = squash_none_server();
+    let mut nfs = server.nfs(root());
+    let root_fh = nfs.mnt("/data").unwrap();
+    // Two files of 1 MiB with different patterns, read whole 40 times each, every call sent
+    // before any reply is read: the socket fills up, replies are written in parts by worker
+    // threads and the flusher, gathered several to a write, and every record must still come
+    // out whole, uninterleaved and matched to its call.
+    let contents: Vec<Vec<u8>> = (0..2u8)
+        .map(|file| {
+            (0..1024 * 1024)
+                .map(|index: u32| (index % 251) as u8 ^ file)
+                .collect()
+        })
+        .collect();
+    let handles: Vec<Vec<u8>> = contents
+        .iter()
+        .enumerate()
+        .map(|(file, content)| {
+            let name = format!("big{file}");
+            std::fs::write(volume.path().join("data").join(&name), content).unwrap();
+            nfs.lookup(&root_fh, name.as_bytes()).unwrap().0
+        })
+        .collect();
+    let mut expected = BTreeMap::new();
+    for round in 0..40 {
+        let file = round % 2;
+        let args = Args::new().opaque(&handles[file]).u64(0).u32(1024 * 1024);
+        let xid = nfs.rpc.send(NFS_PROGRAM, 3, 6, &root(), &args.0);
+        expected.insert(xid, file);
+    }
+    while !expected.is_empty() {
+        let (xid, outcome) = nfs.rpc.receive();
+        let file = expected.remove(&xid).expect("a reply for each call, once");
+        let Outcome::Results(results) = outcome else {
+            panic!("rejected");
+        };
+        let decoder = &mut Decoder::new(&results);
+        assert_eq!(decoder.u32().unwrap(), 0);
+        common::post_op_attr(decoder);
+        assert_eq!(decoder.u32().unwrap(), 1024 * 1024);
+        assert!(decoder.bool().unwrap(), "eof");
+        assert!(decoder.opaque(1024 * 1024).unwrap() == contents[file].as_slice());
+    }
 }
 
 #[test]

@@ -1,0 +1,394 @@
+//! A bounded cache of sealed file handles, keyed by inode incarnation, so that READDIRPLUS (and
+//! LOOKUP) need not ask the resolver (`name_to_handle_at`) and compute the handle's MAC for
+//! every entry. It caches **handles only, never attributes**: several nodes serve one volume,
+//! and NFS close-to-open consistency across nodes depends on GETATTR and post-operation
+//! attributes being read from the file system every time.
+//!
+//! # Why a hit is never another file's handle
+//!
+//! The key is (export, device, inode number, birth time), all from the same `statx` the reply's
+//! attributes come from; the value is the handle bytes the uncached path produced for that
+//! object, byte for byte (so every node still issues and accepts the same handle: DESIGN.md
+//! invariant 3). A kernel handle names one inode *incarnation* (inode number plus the file
+//! system's generation number), and it is a function of that incarnation alone: the gateway asks
+//! for non-connectable handles, which do not depend on the name or parent used to reach the
+//! object. So the only way a hit can be wrong is when a *different* incarnation of the same
+//! inode number carries the same birth time; the cached handle then names the dead incarnation,
+//! and using it yields NFS3ERR_STALE — never another file's data, since the generation number
+//! in the handle no longer matches.
+//!
+//! Even that is excluded by the admission rule: an entry is stored only when its birth time lies
+//! at least [`BIRTH_MARGIN`] before `now`, a clock reading taken **before a moment the object is
+//! known to be alive**: before the `statx` that produced the key, or while a descriptor of the
+//! object is held (LOOKUP of `.`). An inode number is reused only after its current incarnation
+//! is gone, so any later incarnation is born after `now`, that is at least [`BIRTH_MARGIN`]
+//! after the cached one — a different birth time, a different key. The
+//! margin covers the coarse timestamp clock (file systems stamp times with a clock that ticks
+//! every few milliseconds), the clock skew between the nodes that create files on a shared
+//! volume, and small clock steps. A file system that reports no birth time gets no key, so no
+//! caching at all, and a resolver whose ids are not a function of the incarnation
+//! ([`crate::handle::ObjectResolver::ids_follow_incarnation`] is false) is never cached either.
+//!
+//! The value stored for a key must come from the object the key describes, which only holds
+//! when both are read from **one descriptor**: `fstat` and `name_to_handle_at(AT_EMPTY_PATH)` on
+//! the same open object. Two calls by name (a `statx` and a `name_to_handle_at` of `dir/name`)
+//! can see two different files when a rename lands in between, and caching that pair would
+//! hand out one live file's handle for another; so READDIRPLUS, which lists by name, opens the
+//! entry (`O_PATH`) on a cache miss it wants to fill, and stores the handle only when the
+//! descriptor's key equals the key of the attributes it replies with.
+//!
+//! Memory is bounded: two generations of at most `capacity / 2` entries each; when the current
+//! generation fills, the previous one is dropped and the current one becomes previous, and a hit
+//! in the previous generation moves the entry forward. A bucket takes 113 bytes, so the default
+//! [`DEFAULT_CAPACITY`] of 64 Ki handles stays under about 15 MB.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::export::ExportId;
+use crate::handle::MAX_HANDLE;
+use crate::sys::{Stat, Time};
+
+/// How far in the past a birth time must lie, relative to a clock reading taken before the
+/// `statx`, for its entry to be cached (module documentation).
+pub const BIRTH_MARGIN: Duration = Duration::from_secs(1);
+
+/// The default number of cached handles: at most about 15 MB (113 bytes a bucket, and each
+/// generation's table has up to twice as many buckets as entries).
+pub const DEFAULT_CAPACITY: usize = 64 * 1024;
+
+/// One inode incarnation within one export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IncarnationKey {
+    export: ExportId,
+    device: (u32, u32),
+    inode: u64,
+    birth: Time,
+}
+
+impl IncarnationKey {
+    /// The key of an object of `export` described by `stat`; `None` when the file system gave
+    /// no birth time.
+    pub fn of(export: ExportId, stat: &Stat) -> Option<Self> {
+        Some(IncarnationKey {
+            export,
+            device: (stat.dev_major, stat.dev_minor),
+            inode: stat.ino,
+            birth: stat.birth?,
+        })
+    }
+}
+
+/// Handle bytes as stored: at most [`MAX_HANDLE`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CachedHandle {
+    length: u8,
+    bytes: [u8; MAX_HANDLE],
+}
+
+impl CachedHandle {
+    /// `None` when `handle` is longer than [`MAX_HANDLE`].
+    pub fn new(handle: &[u8]) -> Option<Self> {
+        let mut bytes = [0; MAX_HANDLE];
+        bytes.get_mut(..handle.len())?.copy_from_slice(handle);
+        Some(CachedHandle {
+            length: u8::try_from(handle.len()).ok()?,
+            bytes,
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.length)]
+    }
+}
+
+impl std::fmt::Debug for CachedHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CachedHandle({} bytes)", self.length)
+    }
+}
+
+/// A clock reading, in the file system's time representation.
+pub fn now() -> Time {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Time {
+        seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
+        nanoseconds: since_epoch.subsec_nanos(),
+    }
+}
+
+/// Whether an object born at `birth` may be cached, given a clock reading `now` taken before
+/// its `statx`: born at least `margin` earlier (module documentation).
+pub fn admissible(birth: Time, now: Time, margin: Duration) -> bool {
+    let as_nanoseconds =
+        |time: Time| i128::from(time.seconds) * 1_000_000_000 + i128::from(time.nanoseconds);
+    as_nanoseconds(birth) + margin.as_nanos() as i128 <= as_nanoseconds(now)
+}
+
+/// A multiply-rotate hash over the key's integer fields (as rustc's `FxHasher` does), with a
+/// final mix. The standard SipHash cost a READDIRPLUS entry more than the table probe (measured);
+/// flooding one bucket would need control over inode numbers and birth times, which belong to
+/// the file system, not to clients, and would only slow lookups down.
+#[derive(Debug, Default, Clone, Copy)]
+struct IncarnationHasher(u64);
+
+impl std::hash::Hasher for IncarnationHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_u32(&mut self, word: u32) {
+        self.write_u64(u64::from(word));
+    }
+
+    fn write_i64(&mut self, word: i64) {
+        self.write_u64(word as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The table takes its bucket from the low bits and its tag from the high ones: mix both.
+        let mixed = self.0 ^ (self.0 >> 29);
+        mixed.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (mixed >> 32)
+    }
+}
+
+type IncarnationMap =
+    HashMap<IncarnationKey, CachedHandle, std::hash::BuildHasherDefault<IncarnationHasher>>;
+
+#[derive(Debug, Default)]
+struct Generations {
+    current: IncarnationMap,
+    previous: IncarnationMap,
+}
+
+/// The cache (module documentation). Shared by all worker threads.
+#[derive(Debug)]
+pub struct HandleCache {
+    generations: Mutex<Generations>,
+    /// Entries per generation.
+    generation_size: usize,
+    margin: Duration,
+}
+
+impl HandleCache {
+    /// A cache of at most `capacity` handles (at least 2), admitting births [`BIRTH_MARGIN`]
+    /// before the clock reading.
+    pub fn new(capacity: usize) -> Self {
+        Self::with_margin(capacity, BIRTH_MARGIN)
+    }
+
+    /// As [`HandleCache::new`] with another admission margin (tests).
+    pub fn with_margin(capacity: usize, margin: Duration) -> Self {
+        HandleCache {
+            generations: Mutex::new(Generations::default()),
+            generation_size: (capacity / 2).max(1),
+            margin,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        // Nothing panics while the lock is held (map operations on plain data), and a
+        // half-updated map would still only hold correct entries.
+        self.generations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `key` may be stored given a clock reading `now` taken before its `statx` (only
+    /// such keys can be in the cache, so others need not be looked up either).
+    pub fn admits(&self, key: &IncarnationKey, now: Time) -> bool {
+        admissible(key.birth, now, self.margin)
+    }
+
+    /// The cached handle of `key`, if any.
+    pub fn get(&self, key: &IncarnationKey) -> Option<CachedHandle> {
+        let mut generations = self.lock();
+        if let Some(handle) = generations.current.get(key) {
+            return Some(*handle);
+        }
+        let handle = generations.previous.remove(key)?;
+        self.store(&mut generations, *key, handle);
+        Some(handle)
+    }
+
+    /// Stores `handle` for `key` when the key's birth time is admissible against `now`, a clock
+    /// reading taken before the `statx` that produced `key`. `handle` must have been read from
+    /// the same descriptor as `key` (module documentation). Returns whether it was stored.
+    pub fn insert(&self, key: IncarnationKey, handle: &[u8], now: Time) -> bool {
+        if !self.admits(&key, now) {
+            return false;
+        }
+        let Some(handle) = CachedHandle::new(handle) else {
+            return false;
+        };
+        let mut generations = self.lock();
+        generations.previous.remove(&key);
+        self.store(&mut generations, key, handle);
+        true
+    }
+
+    fn store(&self, generations: &mut Generations, key: IncarnationKey, handle: CachedHandle) {
+        if generations.current.len() >= self.generation_size
+            && !generations.current.contains_key(&key)
+        {
+            generations.previous = std::mem::take(&mut generations.current);
+        }
+        generations.current.insert(key, handle);
+    }
+
+    /// How many handles are cached.
+    pub fn len(&self) -> usize {
+        let generations = self.lock();
+        generations.current.len() + generations.previous.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64, nanoseconds: u32) -> Time {
+        Time {
+            seconds,
+            nanoseconds,
+        }
+    }
+
+    fn key(inode: u64, birth: Time) -> IncarnationKey {
+        IncarnationKey {
+            export: ExportId(7),
+            device: (0, 42),
+            inode,
+            birth,
+        }
+    }
+
+    #[test]
+    fn admission_needs_a_birth_comfortably_before_the_clock_reading() {
+        let margin = Duration::from_secs(1);
+        let table = [
+            // (birth, now, admissible)
+            (at(100, 0), at(101, 0), true),
+            (at(100, 0), at(100, 999_999_999), false),
+            (at(100, 500), at(101, 499), false),
+            (at(100, 500), at(101, 500), true),
+            (at(100, 0), at(100, 0), false),
+            // A birth "in the future" (another node's clock ahead of ours).
+            (at(200, 0), at(100, 0), false),
+            (at(-5, 0), at(0, 0), true),
+            (at(i64::MAX, 999_999_999), at(i64::MAX, 999_999_999), false),
+            (at(i64::MIN, 0), at(i64::MAX, 0), true),
+        ];
+        for (birth, now, expected) in table {
+            assert_eq!(
+                admissible(birth, now, margin),
+                expected,
+                "birth {birth:?}, now {now:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_miss_then_an_identical_hit() {
+        let cache = HandleCache::new(16);
+        let old = key(5, at(100, 0));
+        assert_eq!(cache.get(&old), None);
+        let handle: Vec<u8> = (0..31).collect();
+        assert!(cache.insert(old, &handle, at(200, 0)));
+        assert_eq!(cache.get(&old).unwrap().as_bytes(), &handle[..]);
+        // The same inode number with another birth time is another incarnation: a miss.
+        assert_eq!(cache.get(&key(5, at(100, 1))), None);
+        // Another export, device or inode: misses.
+        let mut other_export = old;
+        other_export.export = ExportId(8);
+        assert_eq!(cache.get(&other_export), None);
+        let mut other_device = old;
+        other_device.device = (0, 43);
+        assert_eq!(cache.get(&other_device), None);
+        assert_eq!(cache.get(&key(6, at(100, 0))), None);
+    }
+
+    #[test]
+    fn fresh_births_are_never_stored() {
+        let cache = HandleCache::new(16);
+        let fresh = key(5, at(100, 0));
+        assert!(!cache.insert(fresh, &[1; 20], at(100, 400_000_000)));
+        assert_eq!(cache.get(&fresh), None);
+        assert!(cache.is_empty());
+        // The reuse the rule excludes: incarnation one (born at 100.0) is seen alive by a statx
+        // after a clock reading of 100.4, so it is not stored; incarnation two, born in the same
+        // tick, therefore finds nothing that names incarnation one.
+        assert!(cache.insert(fresh, &[2; 20], at(101, 0)));
+        assert_eq!(cache.get(&fresh).unwrap().as_bytes(), &[2; 20]);
+    }
+
+    #[test]
+    fn no_birth_time_no_key() {
+        let stat = Stat {
+            ino: 9,
+            ..Stat::default()
+        };
+        assert_eq!(IncarnationKey::of(ExportId(1), &stat), None);
+        let stat = Stat {
+            birth: Some(at(3, 4)),
+            ..stat
+        };
+        assert_eq!(
+            IncarnationKey::of(ExportId(1), &stat),
+            Some(IncarnationKey {
+                export: ExportId(1),
+                device: (0, 0),
+                inode: 9,
+                birth: at(3, 4)
+            })
+        );
+    }
+
+    #[test]
+    fn oversized_handles_are_refused() {
+        let cache = HandleCache::new(16);
+        assert!(!cache.insert(key(1, at(0, 0)), &[0; MAX_HANDLE + 1], at(10, 0)));
+        assert!(cache.insert(key(1, at(0, 0)), &[0; MAX_HANDLE], at(10, 0)));
+        assert!(cache.insert(key(2, at(0, 0)), &[], at(10, 0)));
+        assert_eq!(cache.get(&key(2, at(0, 0))).unwrap().as_bytes(), &[]);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_capacity_and_keeps_what_is_used() {
+        let capacity = 100;
+        let cache = HandleCache::new(capacity);
+        let born = at(0, 0);
+        let now = at(10, 0);
+        assert!(cache.insert(key(0, born), &[0xaa; 8], now));
+        for inode in 1..10_000u64 {
+            assert!(cache.insert(key(inode, born), &inode.to_be_bytes(), now));
+            assert!(cache.len() <= capacity, "{} entries", cache.len());
+            // Inode 0 is used all the time: it survives every rotation.
+            assert_eq!(cache.get(&key(0, born)).unwrap().as_bytes(), &[0xaa; 8]);
+        }
+        // The most recent entries are there, and what was not used for long is gone.
+        for inode in 9_990..10_000u64 {
+            assert_eq!(
+                cache.get(&key(inode, born)).unwrap().as_bytes(),
+                &inode.to_be_bytes()
+            );
+        }
+        assert_eq!(cache.get(&key(1, born)), None);
+        assert!(cache.len() <= capacity);
+    }
+}
