@@ -8,7 +8,17 @@
 //! back to its parent, a client may look up a file it may not read,
 //! and a file renamed out of the (subdirectory) export still resolves by the handle issued
 //! before, as a kernel handle would (`gateway::gfid`'s module documentation). A second test
-//! checks the startup errors on a mount without `aux-gfid-mount`. Needs root and
+//! checks the startup errors on a mount without `aux-gfid-mount`.
+//!
+//! Two more break the VIP's owner while a client writes through the VIP as a kernel client
+//! does (UNSTABLE WRITEs, COMMIT, the batch again when the verifier changes): SIGKILL of its
+//! `vipgate node` (bricks and FUSE client live on), and a cut of both its links (the whole node
+//! vanishes for the others, and their mounts hang until `network.ping-timeout`). Each checks
+//! that no VIP is ever on two nodes, that writes through the VIP succeed again within a
+//! deadline, that every chunk acknowledged (committed) before, during and after is on the
+//! volume, that the new owner's write verifier differs, and for the cut that the cluster
+//! recovers fully once the links are back (VIPs balanced, every node healthy, nothing left to
+//! heal); they print the timeline (VIP holders, health) and the measured times. Needs root and
 //! glusterfs-server (`tests/run` installs it).
 
 #![allow(
@@ -18,13 +28,18 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{VIPGATE, all_hosted, first_v4, holders, logs, owner_of, vipgate};
+use common::cluster::{
+    NODES, Sampler, VIPGATE, all_hosted, first_v4, held_by, holders, logs, owner_of, signal,
+    vipgate,
+};
 use common::gluster::{self, Gluster};
 use common::{client, describe};
 use gateway::record::{RecordDecoder, encode_record};
@@ -32,7 +47,8 @@ use gateway::rpc::{
     AuthSys, Call, Credential, MOUNT_PROGRAM, NFS_PROGRAM, OpaqueAuth, decode_reply,
 };
 use gateway::xdr::{Decoder, Encoder};
-use vipgate::lab::{cluster, netns};
+use nix::sys::signal::Signal;
+use vipgate::lab::{Network, cluster, netns};
 
 /// Whether this test can run: root, and GlusterFS installed (under CI both are required).
 fn can_run(test: &str) -> bool {
@@ -59,15 +75,27 @@ struct Rpc {
 
 impl Rpc {
     fn connect(address: SocketAddr) -> Rpc {
-        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        Rpc { stream, xid: 1 }
+        Rpc::try_connect(address, Duration::from_secs(5), Duration::from_secs(20)).unwrap()
+    }
+
+    /// A connection made within `connect` whose replies may take up to `reply` each.
+    fn try_connect(
+        address: SocketAddr,
+        connect: Duration,
+        reply: Duration,
+    ) -> std::io::Result<Rpc> {
+        let stream = TcpStream::connect_timeout(&address, connect)?;
+        stream.set_read_timeout(Some(reply))?;
+        Ok(Rpc { stream, xid: 1 })
     }
 
     /// Calls and returns the results of an accepted reply.
     fn call(&mut self, program: u32, procedure: u32, args: &[u8]) -> Vec<u8> {
+        self.try_call(program, procedure, args).unwrap()
+    }
+
+    /// [`Rpc::call`], with a lost connection, a timeout or a bad reply as an error.
+    fn try_call(&mut self, program: u32, procedure: u32, args: &[u8]) -> Result<Vec<u8>, String> {
         self.xid += 1;
         let mut message = Vec::new();
         Call {
@@ -85,20 +113,33 @@ impl Rpc {
             verifier: OpaqueAuth::none(),
         }
         .encode(&mut Encoder::new(&mut message))
-        .unwrap();
+        .map_err(|error| error.to_string())?;
         message.extend_from_slice(args);
         let mut framed = Vec::new();
         encode_record(&message, 1 << 20, &mut framed);
-        self.stream.write_all(&framed).unwrap();
+        self.stream
+            .write_all(&framed)
+            .map_err(|error| format!("send: {error}"))?;
         let mut decoder = RecordDecoder::new(2 << 20);
         let mut buffer = vec![0u8; 65536];
         loop {
-            let length = self.stream.read(&mut buffer).unwrap();
-            assert!(length > 0, "connection closed");
-            if let Some(record) = decoder.decode(&mut &buffer[..length]).unwrap() {
-                let (header, offset) = decode_reply(&record).unwrap();
-                assert_eq!(header.xid, self.xid);
-                return record[offset..].to_vec();
+            let length = self
+                .stream
+                .read(&mut buffer)
+                .map_err(|error| format!("receive: {error}"))?;
+            if length == 0 {
+                return Err("connection closed".into());
+            }
+            let record = decoder
+                .decode(&mut &buffer[..length])
+                .map_err(|error| format!("record: {error}"))?;
+            if let Some(record) = record {
+                let (header, offset) =
+                    decode_reply(&record).map_err(|error| format!("reply: {error:?}"))?;
+                if header.xid != self.xid {
+                    return Err(format!("reply to xid {}, not {}", header.xid, self.xid));
+                }
+                return Ok(record[offset..].to_vec());
             }
         }
     }
@@ -218,6 +259,68 @@ impl Rpc {
     }
 }
 
+/// NFSv3 `stable_how`: UNSTABLE.
+const UNSTABLE: u32 = 0;
+
+impl Rpc {
+    /// WRITE of `data` at `offset`; on NFS3_OK the write verifier, else the status as an error.
+    fn try_write(
+        &mut self,
+        handle: &[u8],
+        offset: u64,
+        data: &[u8],
+        stable: u32,
+    ) -> Result<[u8; 8], String> {
+        let mut args = Vec::new();
+        let encoder = &mut Encoder::new(&mut args);
+        opaque(encoder, handle);
+        encoder.u64(offset);
+        encoder.u32(u32::try_from(data.len()).unwrap());
+        encoder.u32(stable);
+        opaque(encoder, data);
+        let results = self.try_call(NFS_PROGRAM, 7, &args)?;
+        let decoder = &mut Decoder::new(&results);
+        let status = decoder.u32().map_err(|error| format!("{error:?}"))?;
+        if status != 0 {
+            return Err(format!("WRITE at {offset}: NFS status {status}"));
+        }
+        skip_wcc_data(decoder);
+        let count = decoder.u32().unwrap();
+        if count as usize != data.len() {
+            return Err(format!(
+                "WRITE at {offset}: {count} of {} bytes",
+                data.len()
+            ));
+        }
+        decoder.u32().unwrap(); // committed
+        Ok(decoder.fixed_opaque(8).unwrap().try_into().unwrap())
+    }
+
+    /// COMMIT of the whole file; on NFS3_OK the write verifier.
+    fn try_commit(&mut self, handle: &[u8]) -> Result<[u8; 8], String> {
+        let mut args = Vec::new();
+        let encoder = &mut Encoder::new(&mut args);
+        opaque(encoder, handle);
+        encoder.u64(0);
+        encoder.u32(0);
+        let results = self.try_call(NFS_PROGRAM, 21, &args)?;
+        let decoder = &mut Decoder::new(&results);
+        let status = decoder.u32().map_err(|error| format!("{error:?}"))?;
+        if status != 0 {
+            return Err(format!("COMMIT: NFS status {status}"));
+        }
+        skip_wcc_data(decoder);
+        Ok(decoder.fixed_opaque(8).unwrap().try_into().unwrap())
+    }
+}
+
+fn skip_wcc_data(decoder: &mut Decoder<'_>) {
+    if decoder.bool().unwrap() {
+        decoder.fixed_opaque(24).unwrap();
+    }
+    skip_post_op_attr(decoder);
+}
+
 fn opaque(encoder: &mut Encoder<'_>, bytes: &[u8]) {
     encoder.opaque(bytes, u32::MAX).unwrap();
 }
@@ -294,15 +397,15 @@ fn nfs_on_a_replicated_glusterfs_volume_across_a_vip_move() {
     std::fs::write(export.join("sub/leaving"), b"leaving").unwrap();
 
     lab.start_cluster(Path::new(VIPGATE)).unwrap();
-    // Settled: every VIP hosted and every node holding one. Before that a node that becomes
-    // healthy late takes VIPs from the others, and a copy under way would meet the move (its
-    // CREATE sent again to the new owner answers EXIST).
+    // Settled: every VIP hosted, every node holding one and healthy. Before that, on a loaded
+    // machine, the first node healthy takes every VIP and rebalancing moves some 10 s later:
+    // a copy under way would meet the move (its CREATE sent again to the new owner answers
+    // EXIST).
     assert!(
-        common::wait_until(Duration::from_secs(40), || all_hosted(&lab)
-            && common::cluster::NODES
-                .iter()
-                .all(|node| !common::cluster::held_by(&lab, node).is_empty())),
-        "the cluster never hosted every VIP balanced: {:?}\n{}",
+        common::wait_until(Duration::from_secs(60), || all_hosted(&lab)
+            && NODES.iter().all(|node| !held_by(&lab, node).is_empty())
+            && every_node_healthy(&lab, "node1")),
+        "the cluster never hosted every VIP balanced on healthy nodes: {:?}\n{}",
         holders(&lab),
         logs(&lab)
     );
@@ -623,4 +726,599 @@ fn resolver_costs() {
     }
     drop(gluster);
     lab.teardown().unwrap();
+}
+
+/// The bytes of the writer's chunks.
+const CHUNK: usize = 32 * 1024;
+/// Chunks written UNSTABLE before each COMMIT.
+const BATCH: u64 = 4;
+
+/// Chunk `n` of the writer's file: its number in every 8 bytes, so a chunk written at the
+/// wrong place or a stale one is told apart.
+fn chunk(n: u64) -> Vec<u8> {
+    (0..CHUNK / 8)
+        .flat_map(|i| (n << 20 | i as u64).to_be_bytes())
+        .collect()
+}
+
+/// What the writer saw.
+#[derive(Default)]
+struct WriteLog {
+    /// Chunks acknowledged: written UNSTABLE and committed under the verifier their WRITEs
+    /// returned.
+    acked: u64,
+    /// When each batch was acknowledged.
+    successes: Vec<Instant>,
+    /// When a batch failed, and why.
+    failures: Vec<(Instant, String)>,
+    /// The write verifiers seen, in order.
+    verifiers: Vec<[u8; 8]>,
+}
+
+impl WriteLog {
+    fn first_success_after(&self, instant: Instant) -> Option<Instant> {
+        self.successes.iter().copied().find(|at| *at > instant)
+    }
+}
+
+/// An NFS client that appends batches of chunks to the file `handle` through `nfs`, as a
+/// kernel client does: UNSTABLE WRITEs then a COMMIT. When a call fails it reconnects; a batch
+/// whose WRITEs were all answered is COMMITted again on the new connection, and sent again
+/// only if that COMMIT's verifier is not the WRITEs' (another server instance answered: what
+/// the first one had not made durable may be lost); any other failure sends the batch again.
+/// Runs until `stop`.
+fn write_through(
+    nfs: SocketAddr,
+    handle: &[u8],
+    stop: &AtomicBool,
+    log: &Mutex<WriteLog>,
+    start: Instant,
+) {
+    let mut connection: Option<Rpc> = None;
+    let mut failing = false;
+    // The verifier of a batch whose WRITEs were answered but not yet committed.
+    let mut written: Option<[u8; 8]> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let first = log.lock().unwrap().acked;
+        let result = (|| {
+            if connection.is_none() {
+                connection = Some(
+                    Rpc::try_connect(nfs, Duration::from_millis(500), Duration::from_secs(3))
+                        .map_err(|error| format!("connect: {error}"))?,
+                );
+            }
+            let rpc = connection.as_mut().unwrap();
+            if written.is_none() {
+                let mut verifier = None;
+                for n in first..first + BATCH {
+                    let answer = rpc.try_write(handle, n * CHUNK as u64, &chunk(n), UNSTABLE)?;
+                    if verifier.is_some_and(|before| before != answer) {
+                        return Err("the verifier changed within a batch".to_owned());
+                    }
+                    verifier = Some(answer);
+                }
+                written = verifier;
+            }
+            let committed = rpc.try_commit(handle)?;
+            if Some(committed) != written.take() {
+                return Err("COMMIT returned another verifier: the batch is sent again".into());
+            }
+            Ok(committed)
+        })();
+        let mut log = log.lock().unwrap();
+        match result {
+            Ok(verifier) => {
+                if failing {
+                    eprintln!(
+                        "[writer {:>7.2}s] acknowledged again, {} failures so far",
+                        start.elapsed().as_secs_f64(),
+                        log.failures.len()
+                    );
+                    failing = false;
+                }
+                log.acked += BATCH;
+                log.successes.push(Instant::now());
+                if log.verifiers.last() != Some(&verifier) {
+                    log.verifiers.push(verifier);
+                }
+            }
+            Err(error) => {
+                if !failing {
+                    eprintln!(
+                        "[writer {:>7.2}s] failing: {error}",
+                        start.elapsed().as_secs_f64()
+                    );
+                    failing = true;
+                }
+                connection = None;
+                log.failures.push((Instant::now(), error));
+                drop(log);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Reads `path` on another thread, waiting at most `timeout` (a hung FUSE mount blocks the
+/// reader in the kernel; it is left behind).
+fn read_within(path: &Path, timeout: Duration) -> Result<Vec<u8>, String> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let owned = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = sender.send(std::fs::read(&owned).map_err(|error| error.to_string()));
+    });
+    receiver
+        .recv_timeout(timeout)
+        .map_err(|_| format!("reading {} took over {timeout:?}", path.display()))?
+}
+
+/// Checks that the first `acked` chunks of `bytes` (a file read from `place`) are the chunks
+/// written.
+fn assert_chunks(bytes: &[u8], acked: u64, place: &str) {
+    assert!(
+        bytes.len() >= acked as usize * CHUNK,
+        "{place}: {} bytes, {acked} chunks of {CHUNK} acknowledged",
+        bytes.len()
+    );
+    for n in 0..acked {
+        let at = n as usize * CHUNK;
+        assert!(
+            bytes[at..at + CHUNK] == chunk(n)[..],
+            "{place}: acknowledged chunk {n} (at {at}) differs"
+        );
+    }
+}
+
+/// Health and ownership as the cluster reports them, sampled until stopped: every change of a
+/// node's health (as `observer` reports it) and of `vip`'s holders, with its time since `start`.
+struct Watch {
+    stop: AtomicBool,
+    timeline: Mutex<Vec<(Duration, String)>>,
+    /// Per node: when it was first and last seen unhealthy.
+    unhealthy: Mutex<BTreeMap<String, (Duration, Duration)>>,
+    /// The time `vip` was seen on no node, in total.
+    dark: Mutex<Duration>,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch {
+            stop: AtomicBool::new(false),
+            timeline: Mutex::new(Vec::new()),
+            unhealthy: Mutex::new(BTreeMap::new()),
+            dark: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    fn run(&self, lab: &vipgate::lab::Lab, observers: &[&str], vip: IpAddr, start: Instant) {
+        let mut last_health: BTreeMap<String, String> = BTreeMap::new();
+        let mut last_holders = String::new();
+        let mut last_round = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = start.elapsed();
+            let held = holders(lab)[&vip].clone();
+            if held.is_empty() {
+                *self.dark.lock().unwrap() += last_round.elapsed();
+            }
+            last_round = Instant::now();
+            let text = format!("{vip} on {held:?}");
+            if text != last_holders {
+                self.note(now, text.clone());
+                last_holders = text;
+            }
+            for observer in observers {
+                let (code, text) = vipgate(lab, observer, &["status", "--json"]);
+                let Ok(status) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                if code != 0 {
+                    continue;
+                }
+                for node in status["nodes"].as_array().into_iter().flatten() {
+                    let name = node["name"].as_str().unwrap_or_default().to_owned();
+                    if name != *observer {
+                        continue;
+                    }
+                    let unhealthy = node["flags"]["unhealthy"] == true;
+                    let health = format!(
+                        "{name} {} {}",
+                        if unhealthy { "unhealthy" } else { "healthy" },
+                        node["failing_probes"]
+                    );
+                    if unhealthy {
+                        let at = start.elapsed();
+                        self.unhealthy
+                            .lock()
+                            .unwrap()
+                            .entry(name.clone())
+                            .and_modify(|(_, last)| *last = at)
+                            .or_insert((at, at));
+                    }
+                    if last_health.get(&name) != Some(&health) {
+                        self.note(now, health.clone());
+                        last_health.insert(name, health);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Records `event` (and shows it at once, for a run that hangs or fails).
+    fn note(&self, at: Duration, event: String) {
+        eprintln!("[watch {:>7.2}s] {event}", at.as_secs_f64());
+        self.timeline.lock().unwrap().push((at, event));
+    }
+
+    fn finish(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn print(&self, what: &str) {
+        eprintln!("{what}: timeline");
+        for (at, event) in self.timeline.lock().unwrap().drain(..) {
+            eprintln!("  {:>7.2}s {event}", at.as_secs_f64());
+        }
+    }
+}
+
+/// A three-node cluster on a replicated volume, serving the demo export, every VIP hosted and
+/// every node healthy with at least one VIP; the writer's file made in the export.
+fn gluster_cluster(prefix: &str) -> (vipgate::lab::Lab, Gluster) {
+    let lab = common::lab(prefix, 3, 1);
+    let gluster = Gluster::start(&lab);
+    let export = gluster.mount_of("node1").join(cluster::DEMO_EXPORT);
+    let owner = Some(cluster::DEMO_EXPORT_OWNER);
+    std::fs::create_dir(&export).unwrap();
+    std::os::unix::fs::chown(&export, owner, owner).unwrap();
+    std::fs::write(export.join("log"), b"").unwrap();
+    std::os::unix::fs::chown(export.join("log"), owner, owner).unwrap();
+    lab.start_cluster(Path::new(VIPGATE)).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(60), || all_hosted(&lab)
+            && NODES.iter().all(|node| !held_by(&lab, node).is_empty())
+            && every_node_healthy(&lab, "node1")),
+        "the cluster never hosted every VIP balanced on healthy nodes: {:?}\n{}",
+        holders(&lab),
+        logs(&lab)
+    );
+    (lab, gluster)
+}
+
+/// Whether `observer` sees every node connected, healthy and unfenced.
+fn every_node_healthy(lab: &vipgate::lab::Lab, observer: &str) -> bool {
+    let (code, text) = vipgate(lab, observer, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    code == 0
+        && status["nodes"].as_array().is_some_and(|nodes| {
+            nodes.len() == 3
+                && nodes.iter().all(|node| {
+                    ["disconnected", "unhealthy", "fenced"]
+                        .iter()
+                        .all(|flag| node["flags"][flag] == false)
+                })
+        })
+}
+
+/// The MOUNT of the export and the writer's file through `nfs`, from the client namespace.
+fn export_and_file(client_ns: &str, nfs: SocketAddr) -> (Vec<u8>, Vec<u8>) {
+    netns::run_in(client_ns, || {
+        let mut rpc = Rpc::connect(nfs);
+        let root = rpc.mount(&format!("/{}", cluster::DEMO_EXPORT));
+        let (status, file) = rpc.lookup(&root, "log");
+        assert_eq!(status, 0, "LOOKUP log");
+        (root, file)
+    })
+    .unwrap()
+}
+
+/// The writer's progress: acknowledged chunks.
+fn acked(log: &Mutex<WriteLog>) -> u64 {
+    log.lock().unwrap().acked
+}
+
+#[test]
+fn a_killed_owner_on_glusterfs_loses_no_acknowledged_write() {
+    if !can_run("a_killed_owner_on_glusterfs_loses_no_acknowledged_write") {
+        return;
+    }
+    let started = Instant::now();
+    let (lab, gluster) = gluster_cluster("gxk");
+    let namespaces = gluster::netns_inodes(&lab);
+    let serving = started.elapsed();
+    let vip = first_v4();
+    let victim = owner_of(&lab, vip);
+    let client_ns = lab.host("client1").unwrap().netns.clone();
+    let nfs = SocketAddr::new(vip, 2049);
+    let (_root, file) = export_and_file(&client_ns, nfs);
+    let survivors: Vec<&str> = NODES.into_iter().filter(|node| *node != victim).collect();
+
+    let sampler = Sampler::new(&lab);
+    let watch = Watch::new();
+    let log = Mutex::new(WriteLog::default());
+    let stop = AtomicBool::new(false);
+    let mut killed = None;
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| sampler.run());
+        let _stop = sampler.stop_on_drop();
+        let (watch, lab_ref, survivors) = (&watch, &lab, &survivors);
+        scope.spawn(move || watch.run(lab_ref, survivors, vip, start));
+        scope.spawn(|| {
+            netns::run_in(&client_ns, || write_through(nfs, &file, &stop, &log, start)).unwrap();
+        });
+        let _stop_writer = StopFlag(&stop);
+        let _stop_watch = StopFlag(&watch.stop);
+        assert!(
+            common::wait_until(Duration::from_secs(20), || acked(&log) >= 4 * BATCH),
+            "the writer got nothing acknowledged through {vip}: {:?}",
+            log.lock().unwrap().failures.last()
+        );
+
+        // SIGKILL of the owner's vipgate node only: its bricks and FUSE client live on.
+        let at = Instant::now();
+        killed = Some(at);
+        signal(&lab, victim, Signal::SIGKILL);
+        eprintln!(
+            "[test {:>7.2}s] {victim} killed",
+            start.elapsed().as_secs_f64()
+        );
+        let acked_at_kill = acked(&log);
+        assert!(
+            common::wait_until(Duration::from_secs(30), || {
+                let log = log.lock().unwrap();
+                log.first_success_after(at).is_some() && log.acked >= acked_at_kill + 4 * BATCH
+            }),
+            "no write through {vip} succeeded after the kill of {victim}: {:?}\n{}",
+            log.lock().unwrap().failures.last(),
+            logs(&lab)
+        );
+        stop.store(true, Ordering::Relaxed);
+        watch.finish();
+    });
+    sampler.assert_clean();
+    let killed = killed.unwrap();
+    let new_owner = owner_of(&lab, vip);
+    assert_ne!(new_owner, victim);
+    let log = log.into_inner().unwrap();
+
+    // The handle issued by the first owner reads the first chunks through the new one.
+    netns::run_in(&client_ns, || {
+        let mut rpc = Rpc::connect(nfs);
+        let mut expected = chunk(0);
+        expected.extend(chunk(1));
+        assert!(
+            rpc.read(&file) == expected,
+            "READ through {new_owner} with the handle from {victim}"
+        );
+    })
+    .unwrap();
+    // Every acknowledged chunk is on the volume, as every mount sees it (the killed node's
+    // FUSE client still runs).
+    for node in NODES {
+        let bytes = read_within(
+            &gluster.mount_of(node).join("demo/log"),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_chunks(&bytes, log.acked, &format!("{node}'s mount"));
+    }
+    assert!(
+        log.verifiers.len() >= 2,
+        "the new owner answered with the old owner's write verifier: {:?}",
+        log.verifiers
+    );
+    let failed_from = log
+        .failures
+        .iter()
+        .map(|(at, _)| *at)
+        .find(|at| *at >= killed);
+    let back = log.first_success_after(killed).unwrap();
+    watch.print(&format!("SIGKILL of {victim}'s vipgate node"));
+    eprintln!(
+        "SIGKILL of {victim}: cluster serving {serving:?} after the start; NFS calls through \
+         {vip} failed {:?} after the kill, served again by {new_owner} {:?} after it \
+         ({} failed batches: first {:?}); {} chunks acknowledged, all on the volume; {vip} \
+         unhosted for {:?} in total",
+        failed_from.map(|at| at - killed),
+        back - killed,
+        log.failures.len(),
+        log.failures.first().map(|(_, why)| why),
+        log.acked,
+        watch.dark.lock().unwrap()
+    );
+    drop(gluster);
+    let name = lab.name().to_owned();
+    lab.teardown().unwrap();
+    let left = gluster::leftovers(&name, &namespaces);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_cut_off_owner_on_glusterfs_loses_no_acknowledged_write_and_the_cluster_recovers() {
+    if !can_run("a_cut_off_owner_on_glusterfs_loses_no_acknowledged_write_and_the_cluster_recovers")
+    {
+        return;
+    }
+    let started = Instant::now();
+    let (lab, gluster) = gluster_cluster("gxc");
+    let namespaces = gluster::netns_inodes(&lab);
+    let serving = started.elapsed();
+    let vip = first_v4();
+    let cut = owner_of(&lab, vip);
+    let client_ns = lab.host("client1").unwrap().netns.clone();
+    let nfs = SocketAddr::new(vip, 2049);
+    let (_root, file) = export_and_file(&client_ns, nfs);
+    let survivor = NODES.into_iter().find(|node| *node != cut).unwrap();
+    let links = [Network::Public, Network::Cluster];
+
+    let sampler = Sampler::new(&lab);
+    let watch = Watch::new();
+    let log = Mutex::new(WriteLog::default());
+    let stop = AtomicBool::new(false);
+    let mut times = BTreeMap::new();
+    let mut cut_at = None;
+    let mut acked_at_cut = 0;
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        scope.spawn(|| sampler.run());
+        let _stop = sampler.stop_on_drop();
+        let (watch, lab_ref) = (&watch, &lab);
+        scope.spawn(move || watch.run(lab_ref, &NODES, vip, start));
+        scope.spawn(|| {
+            netns::run_in(&client_ns, || write_through(nfs, &file, &stop, &log, start)).unwrap();
+        });
+        let _stop_writer = StopFlag(&stop);
+        let _stop_watch = StopFlag(&watch.stop);
+        assert!(
+            common::wait_until(Duration::from_secs(20), || acked(&log) >= 4 * BATCH),
+            "the writer got nothing acknowledged through {vip}: {:?}",
+            log.lock().unwrap().failures.last()
+        );
+
+        // The owner loses both links: vipgate, glusterd, its brick and its FUSE client are
+        // gone for the others, and its mount loses the others' bricks.
+        lab.cut(cut, &links).unwrap();
+        let at = Instant::now();
+        eprintln!(
+            "[test {:>7.2}s] {cut} cut off",
+            start.elapsed().as_secs_f64()
+        );
+        cut_at = Some(at);
+        acked_at_cut = acked(&log);
+        assert!(
+            common::wait_until(Duration::from_secs(30), || {
+                matches!(holders(&lab)[&vip].as_slice(), [one] if *one != cut)
+            }),
+            "{vip} never moved off cut {cut}: {:?}\n{}",
+            holders(&lab),
+            logs(&lab)
+        );
+        times.insert("VIP on a survivor", at.elapsed());
+        assert!(
+            common::wait_until(Duration::from_secs(30), || log
+                .lock()
+                .unwrap()
+                .first_success_after(at)
+                .is_some()),
+            "no write through {vip} succeeded within 30 s of the cut of {cut}: {:?}\n{}",
+            log.lock().unwrap().failures.last(),
+            logs(&lab)
+        );
+        // The cut lasts a while: the writer goes on through the survivors (so the cut node's
+        // brick falls behind and has to be healed), and the cut node, alone, has dropped every
+        // VIP when its lease ended.
+        assert!(
+            common::wait_until(Duration::from_secs(30), || at.elapsed() >= CUT_LENGTH
+                && held_by(&lab, cut).is_empty()
+                && acked(&log) >= acked_at_cut + 4 * BATCH),
+            "the writer stalled or {cut} kept VIPs during the cut: {:?}, {} chunks",
+            holders(&lab),
+            acked(&log)
+        );
+        stop.store(true, Ordering::Relaxed);
+        watch.print(&format!("cut of {cut}"));
+        let written = log.lock().unwrap().acked;
+        // Every acknowledged chunk is on the survivors' side of the volume.
+        let bytes = read_within(
+            &gluster.mount_of(survivor).join("demo/log"),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_chunks(
+            &bytes,
+            written,
+            &format!("{survivor}'s mount during the cut"),
+        );
+
+        // The links come back: the node rejoins, takes VIPs again after its hold-down, every
+        // node is healthy and the volume heals.
+        lab.restore(cut, &links).unwrap();
+        let restored = Instant::now();
+        eprintln!(
+            "[test {:>7.2}s] {cut} restored",
+            start.elapsed().as_secs_f64()
+        );
+        let mut heal = u64::MAX;
+        let recovered = common::wait_until(Duration::from_secs(120), || {
+            all_hosted(&lab)
+                && NODES.iter().all(|node| !held_by(&lab, node).is_empty())
+                && NODES.iter().all(|node| every_node_healthy(&lab, node))
+                && {
+                    heal = gluster.heal_pending();
+                    heal == 0
+                }
+        });
+        assert!(
+            recovered,
+            "no full recovery within 120 s of restoring {cut}: {:?}, {heal} entries to heal \
+             ({})\n{}",
+            holders(&lab),
+            gluster.heal_entries().join(", "),
+            logs(&lab)
+        );
+        times.insert("full recovery after the restore", restored.elapsed());
+        watch.finish();
+    });
+    sampler.assert_clean();
+    let cut_at = cut_at.unwrap();
+    let log = log.into_inner().unwrap();
+    // The healed brick of the node that was cut off has every acknowledged chunk too.
+    let bytes = read_within(
+        &gluster.mount_of(cut).join("demo/log"),
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_chunks(&bytes, log.acked, &format!("{cut}'s mount after the heal"));
+    assert!(
+        log.verifiers.len() >= 2,
+        "the new owner answered with the old owner's write verifier: {:?}",
+        log.verifiers
+    );
+    let back = log.first_success_after(cut_at).unwrap();
+    watch.print(&format!("cut of {cut}"));
+    let unhealthy: Vec<String> = watch
+        .unhealthy
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(node, (first, last))| {
+            format!(
+                "{node} {:.2}..{:.2}s",
+                first.as_secs_f64(),
+                last.as_secs_f64()
+            )
+        })
+        .collect();
+    eprintln!(
+        "cut of {cut}: cluster serving {serving:?} after the start; {vip} on a survivor {:?} \
+         after the cut; NFS writes through {vip} served again {:?} after it ({} failed \
+         batches, last: {:?}); {} chunks acknowledged ({acked_at_cut} before the cut), all \
+         on the volume; {vip} unhosted for {:?} in total; seen unhealthy: {unhealthy:?}; full \
+         recovery (balanced, healthy, healed) {:?} after the restore",
+        times["VIP on a survivor"],
+        back - cut_at,
+        log.failures.len(),
+        log.failures.last().map(|(_, why)| why),
+        log.acked,
+        watch.dark.lock().unwrap(),
+        times["full recovery after the restore"],
+    );
+    drop(gluster);
+    let name = lab.name().to_owned();
+    lab.teardown().unwrap();
+    let left = gluster::leftovers(&name, &namespaces);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// How long the cut of the cut-off test lasts at least.
+const CUT_LENGTH: Duration = Duration::from_secs(10);
+
+/// Sets the flag when dropped, so that a failing assertion stops a scoped thread.
+struct StopFlag<'a>(&'a AtomicBool);
+
+impl Drop for StopFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }

@@ -4,7 +4,9 @@
 //! the lab, with its CLI socket in that `/run/gluster` (so nothing of the machine's own
 //! GlusterFS state is read or written; the lab's directory, under `/run`, stays visible for
 //! the bricks); bricks on the local
-//! disk (`force`); one `replica N` volume; and on every node a FUSE mount made with
+//! disk (`force`); one `replica N` volume whose bricks and clients give a silent peer up within
+//! seconds (`network.ping-timeout 2`, `server.keepalive-*` and `server.tcp-user-timeout`: see
+//! [`Gluster::start`]); and on every node a FUSE mount made with
 //! `--aux-gfid-mount` by a glusterfs client that runs in the node's network, mounted on the
 //! machine at `cluster::node_volume_source`, which `Lab::command` binds at the lab's volume
 //! path for that node's processes.
@@ -134,11 +136,25 @@ impl Gluster {
             ok
         });
         assert!(created, "volume create: {}", describe(&last.unwrap()));
-        // A lost node should cost seconds, not the default 42 s.
-        gluster.cli_ok(
-            first,
-            &["volume", "set", VOLUME, "network.ping-timeout", "2"],
-        );
+        // A lost node should cost seconds, not the default 42 s: clients give a silent brick
+        // up after 2 s (`network.ping-timeout`), and bricks drop a silent client — and with it
+        // the locks it held, which block every other client's writes to those files — after
+        // about 3 s instead of the 42 s of `server.tcp-user-timeout` (or the 38 s of the
+        // default keepalive: 20 s idle, 9 probes 2 s apart).
+        // `VIPGATE_GLUSTER_BRICK_DEFAULTS` set keeps the bricks' defaults, to see what they cost
+        // (ARCHITECTURE.md, *GlusterFS failures*).
+        let brick_defaults = std::env::var_os("VIPGATE_GLUSTER_BRICK_DEFAULTS").is_some();
+        let options = [
+            ("network.ping-timeout", "2"),
+            ("server.tcp-user-timeout", "3"),
+            ("server.keepalive-time", "1"),
+            ("server.keepalive-interval", "1"),
+            ("server.keepalive-count", "2"),
+        ];
+        let count = if brick_defaults { 1 } else { options.len() };
+        for (option, value) in &options[..count] {
+            gluster.cli_ok(first, &["volume", "set", VOLUME, option, value]);
+        }
         gluster.cli_ok(first, &["volume", "start", VOLUME]);
         for index in 0..gluster.nodes.len() {
             gluster.mount(lab, index);
@@ -339,4 +355,75 @@ impl Drop for Gluster {
             }
         }
     }
+}
+
+impl Gluster {
+    /// The entries the replicate translator still marks as needing a heal, summed over every
+    /// brick: the GFID links in `<brick>/.glusterfs/indices/xattrop` and `.../dirty` (AFR adds one
+    /// for every file a write reached on fewer than all bricks and removes it once healed),
+    /// without their base files (`xattrop-<uuid>`, `dirty-<uuid>`). Read from the bricks
+    /// directly: `gluster volume heal VOLUME info` runs `glfsheal`, which fetches its volume file
+    /// through the machine's `/var/run/glusterd.socket` unless told otherwise, not the lab's.
+    pub fn heal_pending(&self) -> u64 {
+        self.heal_entries().len() as u64
+    }
+
+    /// The entries [`Gluster::heal_pending`] counts, as `<host>/<index>/<gfid>`.
+    pub fn heal_entries(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|node| {
+                ["xattrop", "dirty"].into_iter().flat_map(|index| {
+                    let directory = node.state.join("brick/.glusterfs/indices").join(index);
+                    std::fs::read_dir(directory)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                        .filter(|name| !name.starts_with("xattrop-") && !name.starts_with("dirty-"))
+                        .map(|name| format!("{}/{index}/{name}", node.host))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect()
+    }
+}
+
+/// What a lab's GlusterFS left behind, to be called after the lab's teardown: processes named
+/// `gluster*` still in one of the lab's network namespaces (`netns_inodes`, read before the
+/// teardown with [`netns_inodes`]) and mounts whose mount point names the lab.
+pub fn leftovers(lab_name: &str, netns_inodes: &[u64]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| is_gluster_process(*pid))
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|ns| netns_inodes.contains(&ns.ino()))
+        })
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("process {pid} {}", comm.trim_end())
+        })
+        .collect();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    found.extend(
+        gateway::gfid::mount_entries(&mountinfo)
+            .filter(|entry| entry.mount_point.contains(lab_name))
+            .map(|entry| format!("mount {} ({})", entry.mount_point, entry.fstype)),
+    );
+    found
+}
+
+/// The inodes of the network namespaces of `lab`'s hosts, for [`leftovers`].
+pub fn netns_inodes(lab: &Lab) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    lab.plan()
+        .hosts_of(Role::Node)
+        .filter_map(|host| std::fs::metadata(format!("/run/netns/{}", host.netns)).ok())
+        .map(|metadata| metadata.ino())
+        .collect()
 }
