@@ -29,7 +29,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,11 +40,9 @@ use common::cluster::{
     vipgate,
 };
 use common::gluster::{self, Gluster};
+use common::rpc::{Rpc, opaque};
 use common::{client, describe};
-use gateway::record::{RecordDecoder, encode_record};
-use gateway::rpc::{
-    AuthSys, Call, Credential, MOUNT_PROGRAM, NFS_PROGRAM, OpaqueAuth, decode_reply,
-};
+use gateway::rpc::{MOUNT_PROGRAM, NFS_PROGRAM};
 use gateway::xdr::{Decoder, Encoder};
 use nix::sys::signal::Signal;
 use vipgate::lab::{Network, cluster, netns};
@@ -66,84 +63,7 @@ fn can_run(test: &str) -> bool {
     false
 }
 
-/// A minimal NFSv3 client: one call at a time on one connection, AUTH_SYS root (squashed to
-/// the export's anonymous user).
-struct Rpc {
-    stream: TcpStream,
-    xid: u32,
-}
-
 impl Rpc {
-    fn connect(address: SocketAddr) -> Rpc {
-        Rpc::try_connect(address, Duration::from_secs(5), Duration::from_secs(20)).unwrap()
-    }
-
-    /// A connection made within `connect` whose replies may take up to `reply` each.
-    fn try_connect(
-        address: SocketAddr,
-        connect: Duration,
-        reply: Duration,
-    ) -> std::io::Result<Rpc> {
-        let stream = TcpStream::connect_timeout(&address, connect)?;
-        stream.set_read_timeout(Some(reply))?;
-        Ok(Rpc { stream, xid: 1 })
-    }
-
-    /// Calls and returns the results of an accepted reply.
-    fn call(&mut self, program: u32, procedure: u32, args: &[u8]) -> Vec<u8> {
-        self.try_call(program, procedure, args).unwrap()
-    }
-
-    /// [`Rpc::call`], with a lost connection, a timeout or a bad reply as an error.
-    fn try_call(&mut self, program: u32, procedure: u32, args: &[u8]) -> Result<Vec<u8>, String> {
-        self.xid += 1;
-        let mut message = Vec::new();
-        Call {
-            xid: self.xid,
-            program,
-            version: 3,
-            procedure,
-            credential: Credential::Sys(AuthSys {
-                stamp: 0,
-                machinename: b"client1".to_vec(),
-                uid: 0,
-                gid: 0,
-                gids: vec![],
-            }),
-            verifier: OpaqueAuth::none(),
-        }
-        .encode(&mut Encoder::new(&mut message))
-        .map_err(|error| error.to_string())?;
-        message.extend_from_slice(args);
-        let mut framed = Vec::new();
-        encode_record(&message, 1 << 20, &mut framed);
-        self.stream
-            .write_all(&framed)
-            .map_err(|error| format!("send: {error}"))?;
-        let mut decoder = RecordDecoder::new(2 << 20);
-        let mut buffer = vec![0u8; 65536];
-        loop {
-            let length = self
-                .stream
-                .read(&mut buffer)
-                .map_err(|error| format!("receive: {error}"))?;
-            if length == 0 {
-                return Err("connection closed".into());
-            }
-            let record = decoder
-                .decode(&mut &buffer[..length])
-                .map_err(|error| format!("record: {error}"))?;
-            if let Some(record) = record {
-                let (header, offset) =
-                    decode_reply(&record).map_err(|error| format!("reply: {error:?}"))?;
-                if header.xid != self.xid {
-                    return Err(format!("reply to xid {}, not {}", header.xid, self.xid));
-                }
-                return Ok(record[offset..].to_vec());
-            }
-        }
-    }
-
     fn mount(&mut self, path: &str) -> Vec<u8> {
         let mut args = Vec::new();
         opaque(&mut Encoder::new(&mut args), path.as_bytes());
@@ -319,10 +239,6 @@ fn skip_wcc_data(decoder: &mut Decoder<'_>) {
         decoder.fixed_opaque(24).unwrap();
     }
     skip_post_op_attr(decoder);
-}
-
-fn opaque(encoder: &mut Encoder<'_>, bytes: &[u8]) {
-    encoder.opaque(bytes, u32::MAX).unwrap();
 }
 
 fn dir_op(dir: &[u8], name: &str) -> Vec<u8> {

@@ -11,15 +11,13 @@
 
 mod common;
 
+use common::rpc::{Rpc, opaque};
 use common::{client, describe};
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
 use std::time::Duration;
 
-use gateway::record::{RecordDecoder, encode_record};
-use gateway::rpc::{AuthSys, Call, Credential, OpaqueAuth, decode_reply};
 use gateway::xdr::{Decoder, Encoder};
 use ipnet::IpNet;
 use vipd::announce::{Announcer, RawAnnouncer};
@@ -194,64 +192,6 @@ fn libnfs_tools_through_a_vip_across_a_move() {
 
     assert!(stop(node2).success());
     lab.teardown().unwrap();
-}
-
-/// A minimal NFSv3 client for the handle-continuity test: one call at a time over a fresh
-/// connection, AUTH_SYS root.
-struct Rpc {
-    stream: TcpStream,
-    xid: u32,
-}
-
-impl Rpc {
-    fn connect(address: SocketAddr) -> Rpc {
-        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Rpc { stream, xid: 1 }
-    }
-
-    /// Calls and returns the results of a successful reply.
-    fn call(&mut self, program: u32, procedure: u32, args: &[u8]) -> Vec<u8> {
-        self.xid += 1;
-        let mut message = Vec::new();
-        Call {
-            xid: self.xid,
-            program,
-            version: 3,
-            procedure,
-            credential: Credential::Sys(AuthSys {
-                stamp: 0,
-                machinename: b"client1".to_vec(),
-                uid: 0,
-                gid: 0,
-                gids: vec![],
-            }),
-            verifier: OpaqueAuth::none(),
-        }
-        .encode(&mut Encoder::new(&mut message))
-        .unwrap();
-        message.extend_from_slice(args);
-        let mut framed = Vec::new();
-        encode_record(&message, 1 << 20, &mut framed);
-        self.stream.write_all(&framed).unwrap();
-        let mut decoder = RecordDecoder::new(2 << 20);
-        let mut buffer = vec![0u8; 65536];
-        loop {
-            let length = self.stream.read(&mut buffer).unwrap();
-            assert!(length > 0, "connection closed");
-            if let Some(record) = decoder.decode(&mut &buffer[..length]).unwrap() {
-                let (header, offset) = decode_reply(&record).unwrap();
-                assert_eq!(header.xid, self.xid);
-                return record[offset..].to_vec();
-            }
-        }
-    }
-}
-
-fn opaque(encoder: &mut Encoder<'_>, bytes: &[u8]) {
-    encoder.opaque(bytes, u32::MAX).unwrap();
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub mod cluster;
 pub mod gluster;
 pub mod qemu;
+pub mod rpc;
 
 /// Runs `program ARGS` on the lab's `client1` and waits for it.
 pub fn client(lab: &vipgate::lab::Lab, program: &str, args: &[&str]) -> Output {
