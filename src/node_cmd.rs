@@ -21,9 +21,6 @@ use crate::Globals;
 use crate::ctl_cmd::NodeDaemonArgs;
 use crate::nfs_cmd::NfsServer;
 
-/// How long the NFS probe waits for the gateway's answer to a NULL call.
-const NFS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
 pub fn run_daemon(args: &NodeDaemonArgs, globals: &Globals) -> anyhow::Result<ExitCode> {
     // A daemon must see a closed socket as an error, not die of SIGPIPE (main restored the
     // default action for the short-lived commands).
@@ -112,7 +109,8 @@ fn start_nfs(config: &ClusterConfig, node: &Node, services: &mut Services) -> an
         SocketAddr::from((Ipv4Addr::LOCALHOST, ports.nfs)),
         NFS_PROGRAM,
         3,
-        NFS_PROBE_TIMEOUT,
+        // The monitor gives up on a probe after the same time (timings.health_timeout).
+        config.timings.health_timeout,
     )));
     let stop = services.stop.clone();
     services.spawn("nfs", async move {
@@ -121,8 +119,6 @@ fn start_nfs(config: &ClusterConfig, node: &Node, services: &mut Services) -> an
     Ok(())
 }
 
-/// How long the smbd probe waits for each step of an SMB2 NEGOTIATE.
-const SMB_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the cluster file is re-read for changes of the `smb` section.
 const SMB_CONFIG_POLL: Duration = Duration::from_secs(2);
 /// How long smbd gets between SIGTERM and SIGKILL when the node stops.
@@ -161,7 +157,7 @@ fn start_smb(
         handle: handle.clone(),
         negotiate: NegotiateProbe {
             address: SocketAddr::from((Ipv4Addr::LOCALHOST, 445)),
-            timeout: SMB_PROBE_TIMEOUT,
+            timeout: config.timings.health_timeout,
         },
     }));
     let stop = services.stop.clone();

@@ -43,8 +43,8 @@ use std::path::Path;
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use model::{
     Access, ClientMatch, Cluster, ClusterConfig, DEFAULT_PORT, Dns, DnsName, Export, HandleScheme,
-    MAX_NODES, MIN_SECRET_LEN, Nfs, NfsVersion, Node, NodeId, PublicAddress, SecretSource, Share,
-    Smb, Squash, Timings, Volume,
+    MAX_HEALTH_TIMEOUT, MAX_NODES, MIN_SECRET_LEN, Nfs, NfsVersion, Node, NodeId, PublicAddress,
+    SecretSource, Share, Smb, Squash, Timings, Volume,
 };
 
 use positions::{Position, PositionIndex};

@@ -379,7 +379,13 @@ pub struct Timings {
     pub lease: Duration,
     /// Health probe interval, at most half the lease (default 250 ms).
     pub health_interval: Duration,
+    /// How long a health probe may take before its round counts as failed (default 1 s, at
+    /// most [`MAX_HEALTH_TIMEOUT`]).
+    pub health_timeout: Duration,
 }
+
+/// The longest `timings.health_timeout`: a hung volume must still be noticed in time.
+pub const MAX_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for Timings {
     fn default() -> Timings {
@@ -388,6 +394,7 @@ impl Default for Timings {
             election: Duration::from_millis(500),
             lease: Duration::from_millis(1500),
             health_interval: Duration::from_millis(250),
+            health_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -236,4 +236,6 @@ pub(crate) struct RawTimings {
     pub(crate) lease: Option<String>,
     #[serde(default)]
     pub(crate) health_interval: Option<String>,
+    #[serde(default)]
+    pub(crate) health_timeout: Option<String>,
 }

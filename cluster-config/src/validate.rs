@@ -18,8 +18,8 @@ use crate::diagnostic::Diagnostic;
 use crate::duration::{format_duration, parse_duration};
 use crate::model::{
     Access, ClientMatch, Cluster, ClusterConfig, DEFAULT_PORT, Dns, DnsName, Export, HandleScheme,
-    MAX_NODES, MIN_SECRET_LEN, Nfs, NfsVersion, Node, NodeId, PublicAddress, SecretSource, Share,
-    Smb, Squash, Timings, Volume,
+    MAX_HEALTH_TIMEOUT, MAX_NODES, MIN_SECRET_LEN, Nfs, NfsVersion, Node, NodeId, PublicAddress,
+    SecretSource, Share, Smb, Squash, Timings, Volume,
 };
 use crate::positions::PositionIndex;
 use crate::rules;
@@ -1041,6 +1041,24 @@ impl Checker<'_> {
             raw.health_interval.as_deref(),
             defaults.health_interval,
         );
+        let health_timeout = self.timing(
+            "health_timeout",
+            raw.health_timeout.as_deref(),
+            defaults.health_timeout,
+        );
+        if let Some(timeout) = health_timeout
+            && timeout > MAX_HEALTH_TIMEOUT
+        {
+            self.report(
+                "timings.health_timeout",
+                format!(
+                    "health_timeout {} is longer than {}; a hung volume would go unnoticed \
+                     that long",
+                    format_duration(timeout),
+                    format_duration(MAX_HEALTH_TIMEOUT)
+                ),
+            );
+        }
         // A rule between two timings is reported at whichever of them the file sets, preferring
         // the first; a defaulted value has no position of its own.
         let at = |first: (&str, &Option<String>), second: (&str, &Option<String>)| {
@@ -1106,6 +1124,7 @@ impl Checker<'_> {
             election: election?,
             lease: lease?,
             health_interval: health_interval?,
+            health_timeout: health_timeout.filter(|timeout| *timeout <= MAX_HEALTH_TIMEOUT)?,
         })
     }
 

@@ -230,6 +230,11 @@ fn cases() -> Vec<Case> {
             ],
         ),
         appended(
+            "health timeout out of range",
+            "timings:\n  health_timeout: 31s\n",
+            &[(14, 19, "timings.health_timeout", "health_timeout 31s is longer than 30s; a hung volume would go unnoticed that long")],
+        ),
+        appended(
             "health interval against a defaulted lease",
             "timings:\n  health_interval: 1500ms\n",
             &[(14, 20, "timings.health_interval", "health_interval 1500ms is longer than half the lease (750ms)")],

@@ -59,6 +59,7 @@ fn minimal_file_parses_into_the_expected_values() {
             election: Duration::from_millis(500),
             lease: Duration::from_millis(1500),
             health_interval: Duration::from_millis(250),
+            health_timeout: Duration::from_secs(1),
         },
     };
     assert_eq!(config, expected);
@@ -177,7 +178,7 @@ nfs:
     - {name: e, path: e, protocols: [4], squash: none, anon_uid: 0}
 smb: {manage: true, shares: [{name: s, path: s, read_only: false, valid_users: [alice, '@staff']}]}
 dns: {zone: z.example, ttl: 1, listen: [192.0.2.1], port: 5353, names: [{name: nfs.site1, addresses: all}]}
-timings: {heartbeat: 50ms, election: 150ms, lease: 1100ms, health_interval: 50ms}
+timings: {heartbeat: 50ms, election: 150ms, lease: 1100ms, health_interval: 50ms, health_timeout: 2500ms}
 ";
     let config = parse(text, "cluster.yaml").unwrap();
     assert_eq!(
@@ -223,6 +224,7 @@ timings: {heartbeat: 50ms, election: 150ms, lease: 1100ms, health_interval: 50ms
         [ip("192.0.2.101"), ip("2001:db8::101")]
     );
     assert_eq!(config.timings.lease, Duration::from_millis(1100));
+    assert_eq!(config.timings.health_timeout, Duration::from_millis(2500));
 }
 
 #[test]

@@ -419,6 +419,7 @@ pub async fn run(
         probes,
         MonitorSettings {
             interval: config.timings.health_interval,
+            timeout: config.timings.health_timeout,
             ..MonitorSettings::default()
         },
     )
