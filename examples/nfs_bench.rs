@@ -1,5 +1,6 @@
 //! The client program of `tests/bench/nfs` (BENCHMARKS.md, "NFS"): the metadata rows — create,
-//! lookup, getattr, READDIRPLUS listing and remove of N files in a fresh directory — against any
+//! lookup, getattr, READDIRPLUS and READDIR listings and remove of N files in a fresh directory —
+//! against any
 //! NFSv3 server, over one TCP connection with a chosen number of calls in flight, and the same
 //! operations on a local directory as the physical limit. Prints one line per phase:
 //! `PHASE OPERATIONS SECONDS`.
@@ -9,6 +10,8 @@
 //! which is what most listings of a real directory see. The gateway caches handles only for
 //! files born at least a second before (`gateway::handle_cache`), so the first is its uncached
 //! path and the second its cached one. Every listed handle must be the one CREATE returned.
+//! Then the same number of plain READDIR listings (`readdir`: names, cookies and file ids, what a
+//! client's plain `ls` uses); every listed file id must be the one CREATE's attributes gave.
 //!
 //! The protocol is spoken with the gateway's own wire layer (`xdr`, `record`, `rpc`), with the
 //! arguments and results of RFC 1813 encoded and decoded here, so both servers get exactly the
@@ -42,14 +45,20 @@ const CREATE: u32 = 8;
 const MKDIR: u32 = 9;
 const REMOVE: u32 = 12;
 const RMDIR: u32 = 13;
+const READDIR: u32 = 16;
 const READDIRPLUS: u32 = 17;
 /// MOUNT v3 MNT.
 const MNT: u32 = 1;
 /// NFSv3 handles are at most 64 bytes.
 const FHSIZE: u32 = 64;
-/// READDIRPLUS sizes as the Linux client asks them: dircount is an eighth of maxcount.
+/// READDIRPLUS sizes as the Linux client asks them: dircount is an eighth of maxcount. The
+/// client's directory read size grows to the server's FSINFO `dtpref` (vipgate: 64 KiB), capped by
+/// `rsize`; both servers get the same sizes.
 const READDIR_MAXCOUNT: u32 = 65536;
 const READDIR_DIRCOUNT: u32 = READDIR_MAXCOUNT / 8;
+/// READDIR's `count`: the Linux client asks the same directory read size as for READDIRPLUS's
+/// maxcount.
+const READDIR_COUNT: u32 = READDIR_MAXCOUNT;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -107,7 +116,8 @@ enum Command {
         #[arg(long, default_value_t = 1500)]
         settle_ms: u64,
     },
-    /// Lists an existing directory of the export's root with READDIRPLUS (for profiling).
+    /// Lists an existing directory of the export's root with READDIRPLUS, or READDIR with
+    /// `--plain` (for the listing CPU rows and profiling).
     List {
         #[command(flatten)]
         server: Server,
@@ -115,6 +125,9 @@ enum Command {
         dir: String,
         #[arg(long, default_value_t = 10)]
         listings: usize,
+        /// Lists with READDIR instead of READDIRPLUS.
+        #[arg(long)]
+        plain: bool,
     },
     /// Removes files from the export's root directory.
     Remove {
@@ -152,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             server,
             dir,
             listings,
+            plain,
         } => {
             let root = mount(&server)?;
             let mut nfs = Connection::connect(SocketAddr::new(server.server, server.nfs_port))?;
@@ -160,9 +174,14 @@ fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let mut names = 0;
             for _ in 0..listings {
-                names += list_plus(&mut nfs, &directory, None)?;
+                names += if plain {
+                    list_plain(&mut nfs, &directory, None)?
+                } else {
+                    list_plus(&mut nfs, &directory, None)?
+                };
             }
-            report("readdirplus", names, started.elapsed());
+            let phase = if plain { "readdir" } else { "readdirplus" };
+            report(phase, names, started.elapsed());
             Ok(())
         }
         Command::Remove { server, names } => {
@@ -202,6 +221,7 @@ fn meta(
     let directory = created_handle(&reply, "MKDIR", dir)?;
 
     let mut handles = vec![Vec::new(); files];
+    let mut fileids = vec![None; files];
     let started = Instant::now();
     nfs.pipeline(
         files,
@@ -213,7 +233,9 @@ fn meta(
             Ok((CREATE, args))
         },
         |index, reply| {
-            handles[index] = created_handle(reply, "CREATE", &file_name(index))?;
+            let decoder = &mut status_ok(reply, "CREATE", &file_name(index))?;
+            handles[index] = post_op_fh(decoder, "CREATE", &file_name(index))?;
+            fileids[index] = post_op_fileid(decoder)?;
             Ok(())
         },
     )?;
@@ -276,6 +298,16 @@ fn meta(
         }
         report(phase, files * listings, started.elapsed());
     }
+
+    let started = Instant::now();
+    for _ in 0..listings {
+        let names = list_plain(&mut nfs, &directory, Some(&fileids))?;
+        ensure!(
+            names == files,
+            "READDIR of {dir} listed {names} files, not {files}"
+        );
+    }
+    report("readdir", files * listings, started.elapsed());
 
     let started = Instant::now();
     nfs.pipeline(
@@ -365,6 +397,72 @@ fn list_plus(
     bail!("READDIRPLUS never reached the end of the directory")
 }
 
+/// Lists a directory completely with READDIR; returns the number of names other than `.` and
+/// `..`. With `fileids` (`fileids[index]` for [`file_name`]`(index)`, as CREATE's attributes gave
+/// it, `None` when CREATE returned no attributes), every name must be one of those files, listed
+/// once, with its file id.
+fn list_plain(
+    nfs: &mut Connection,
+    directory: &[u8],
+    fileids: Option<&[Option<u64>]>,
+) -> anyhow::Result<usize> {
+    let mut cookie = 0u64;
+    let mut verifier = [0u8; 8];
+    let mut names = 0;
+    let mut seen = vec![false; fileids.map_or(0, <[_]>::len)];
+    for _ in 0..1_000_000 {
+        let mut args = Vec::new();
+        let mut encoder = Encoder::new(&mut args);
+        encoder.opaque(directory, FHSIZE)?;
+        encoder.u64(cookie);
+        encoder.fixed_opaque(&verifier);
+        encoder.u32(READDIR_COUNT);
+        let reply = nfs.call(NFS_PROGRAM, 3, READDIR, &args)?;
+        let decoder = &mut Decoder::new(&reply);
+        let status = decoder.u32()?;
+        skip_post_op_attr(decoder)?;
+        if status != 0 {
+            bail!("READDIR failed with NFS status {status}");
+        }
+        verifier = decoder.fixed_array()?;
+        let mut entries = 0;
+        while decoder.bool()? {
+            let fileid = decoder.u64()?;
+            let name = decoder.opaque(255)?;
+            cookie = decoder.u64()?;
+            entries += 1;
+            if name == b"." || name == b".." {
+                continue;
+            }
+            names += 1;
+            let Some(fileids) = fileids else {
+                continue;
+            };
+            let shown = || String::from_utf8_lossy(name);
+            let index = name
+                .strip_prefix(b"f")
+                .and_then(|digits| std::str::from_utf8(digits).ok())
+                .and_then(|digits| digits.parse::<usize>().ok())
+                .filter(|index| *index < fileids.len());
+            let Some(index) = index else {
+                bail!("READDIR listed {}, which was not created", shown());
+            };
+            ensure!(!seen[index], "READDIR listed {} twice", shown());
+            seen[index] = true;
+            ensure!(
+                fileids[index].is_none_or(|created| created == fileid),
+                "READDIR listed {} with another file id than CREATE returned",
+                shown()
+            );
+        }
+        if decoder.bool()? {
+            return Ok(names);
+        }
+        ensure!(entries > 0, "READDIR returned no entry and no end");
+    }
+    bail!("READDIR never reached the end of the directory")
+}
+
 fn local(
     dir: &std::path::Path,
     files: usize,
@@ -412,6 +510,18 @@ fn local(
         }
         report(phase, files * listings, started.elapsed());
     }
+
+    // READDIR: names and file ids, no attributes.
+    let started = Instant::now();
+    for _ in 0..listings {
+        let mut names = 0;
+        for entry in std::fs::read_dir(dir)? {
+            entry?;
+            names += 1;
+        }
+        ensure!(names == files, "{} lists {names} files", dir.display());
+    }
+    report("readdir", files * listings, started.elapsed());
 
     let started = Instant::now();
     for path in &paths {
@@ -483,10 +593,29 @@ fn check_status(reply: &[u8], procedure: &str, name: &str) -> anyhow::Result<()>
 
 /// The handle in a CREATE or MKDIR result (`post_op_fh3`, which both servers fill in).
 fn created_handle(reply: &[u8], procedure: &str, name: &str) -> anyhow::Result<Vec<u8>> {
-    let decoder = &mut status_ok(reply, procedure, name)?;
+    post_op_fh(&mut status_ok(reply, procedure, name)?, procedure, name)
+}
+
+/// A `post_op_fh3` that must be there.
+fn post_op_fh(decoder: &mut Decoder<'_>, procedure: &str, name: &str) -> anyhow::Result<Vec<u8>> {
     ensure!(decoder.bool()?, "{procedure} of {name} returned no handle");
     Ok(decoder.opaque(FHSIZE)?.to_vec())
 }
+
+/// The file id in a `post_op_attr`, if the attributes are there.
+fn post_op_fileid(decoder: &mut Decoder<'_>) -> anyhow::Result<Option<u64>> {
+    if !decoder.bool()? {
+        return Ok(None);
+    }
+    // type, mode, nlink, uid, gid (4 bytes each), size, used, rdev, fsid (8 each), then fileid.
+    decoder.fixed_opaque(FATTR3_FILEID_OFFSET)?;
+    let fileid = decoder.u64()?;
+    decoder.fixed_opaque(FATTR3_BYTES - FATTR3_FILEID_OFFSET - 8)?;
+    Ok(Some(fileid))
+}
+
+/// Where `fileid` sits in a `fattr3`.
+const FATTR3_FILEID_OFFSET: usize = 52;
 
 /// One ONC-RPC connection over TCP, AUTH_SYS as root, with any number of calls in flight.
 struct Connection {
