@@ -63,6 +63,22 @@ fn can_run(test: &str) -> bool {
     false
 }
 
+/// Starts `vipgate node` on every node and waits until the cluster has settled: every VIP
+/// hosted, every node holding one and healthy. Before that, on a loaded machine, the first node
+/// healthy takes every VIP and rebalancing moves some 10 s later, and a copy under way would
+/// meet the move (its CREATE sent again to the new owner answers EXIST).
+fn start_settled(lab: &vipgate::lab::Lab) {
+    lab.start_cluster(Path::new(VIPGATE)).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(60), || all_hosted(lab)
+            && NODES.iter().all(|node| !held_by(lab, node).is_empty())
+            && every_node_healthy(lab, "node1")),
+        "the cluster never hosted every VIP balanced on healthy nodes: {:?}\n{}",
+        holders(lab),
+        logs(lab)
+    );
+}
+
 impl Rpc {
     fn mount(&mut self, path: &str) -> Vec<u8> {
         let mut args = Vec::new();
@@ -312,19 +328,7 @@ fn nfs_on_a_replicated_glusterfs_volume_across_a_vip_move() {
     .unwrap();
     std::fs::write(export.join("sub/leaving"), b"leaving").unwrap();
 
-    lab.start_cluster(Path::new(VIPGATE)).unwrap();
-    // Settled: every VIP hosted, every node holding one and healthy. Before that, on a loaded
-    // machine, the first node healthy takes every VIP and rebalancing moves some 10 s later:
-    // a copy under way would meet the move (its CREATE sent again to the new owner answers
-    // EXIST).
-    assert!(
-        common::wait_until(Duration::from_secs(60), || all_hosted(&lab)
-            && NODES.iter().all(|node| !held_by(&lab, node).is_empty())
-            && every_node_healthy(&lab, "node1")),
-        "the cluster never hosted every VIP balanced on healthy nodes: {:?}\n{}",
-        holders(&lab),
-        logs(&lab)
-    );
+    start_settled(&lab);
     let cluster_started = started.elapsed();
     let vip = first_v4();
     let first = owner_of(&lab, vip);
@@ -889,15 +893,7 @@ fn gluster_cluster(prefix: &str) -> (vipgate::lab::Lab, Gluster) {
     std::os::unix::fs::chown(&export, owner, owner).unwrap();
     std::fs::write(export.join("log"), b"").unwrap();
     std::os::unix::fs::chown(export.join("log"), owner, owner).unwrap();
-    lab.start_cluster(Path::new(VIPGATE)).unwrap();
-    assert!(
-        common::wait_until(Duration::from_secs(60), || all_hosted(&lab)
-            && NODES.iter().all(|node| !held_by(&lab, node).is_empty())
-            && every_node_healthy(&lab, "node1")),
-        "the cluster never hosted every VIP balanced on healthy nodes: {:?}\n{}",
-        holders(&lab),
-        logs(&lab)
-    );
+    start_settled(&lab);
     (lab, gluster)
 }
 
