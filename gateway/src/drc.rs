@@ -111,31 +111,62 @@ enum Entry {
     Done(Arc<[u8]>),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     entries: HashMap<Key, (Entry, Instant)>,
     /// Keys in the order they were first seen, with that time; may name keys already gone.
     order: VecDeque<(Key, Instant)>,
 }
 
-/// The duplicate request cache of one node.
+/// Caches of at least this many calls are split into [`SHARDS`] shards.
+const SHARDED_FROM: usize = 1024;
+/// Shards of a large cache: less contention between worker threads, and tables small enough
+/// that no call ever makes an allocation of more than a few hundred KiB (the fuzz targets abort
+/// on any over 1 MiB).
+const SHARDS: usize = 16;
+
+/// The duplicate request cache of one node: one or [`SHARDS`] shards, each a bounded table of
+/// its share of the calls, chosen by the key.
 #[derive(Debug)]
 pub struct DuplicateCache {
-    limits: Limits,
-    inner: Mutex<Inner>,
+    lifetime: Duration,
+    /// Calls each shard remembers at most.
+    per_shard: usize,
+    shards: Box<[Mutex<Inner>]>,
 }
 
 impl DuplicateCache {
     pub fn new(limits: Limits) -> DuplicateCache {
+        let entries = limits.entries.max(1);
+        let shards = if entries >= SHARDED_FROM { SHARDS } else { 1 };
+        let per_shard = entries / shards;
+        // Sized now, so that a call never grows a table: a shard holds `per_shard` entries at
+        // most, and its queue about as many (plus keys abandoned or re-seen meanwhile).
+        let shard = || {
+            Mutex::new(Inner {
+                entries: HashMap::with_capacity(per_shard + 1),
+                order: VecDeque::with_capacity(2 * per_shard),
+            })
+        };
         DuplicateCache {
-            limits,
-            inner: Mutex::new(Inner::default()),
+            lifetime: limits.lifetime,
+            per_shard,
+            shards: (0..shards).map(|_| shard()).collect(),
         }
+    }
+
+    fn shard(&self, key: &Key) -> std::sync::MutexGuard<'_, Inner> {
+        // The digest is a SipHash of the arguments; the xid varies between calls of one client.
+        let mixed = key.arguments ^ u64::from(key.xid).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let index = usize::try_from(mixed % self.shards.len() as u64).unwrap_or(0);
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Looks `key` up at `now`: a new call is recorded as running.
     pub fn begin(&self, key: Key, now: Instant) -> Decision {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.shard(&key);
         self.expire(&mut inner, now);
         if let Some((entry, _)) = inner.entries.get(&key) {
             return match entry {
@@ -145,7 +176,7 @@ impl DuplicateCache {
         }
         inner.entries.insert(key, (Entry::Running, now));
         inner.order.push_back((key, now));
-        while inner.entries.len() > self.limits.entries.max(1) {
+        while inner.entries.len() > self.per_shard {
             let Some((oldest, seen)) = inner.order.pop_front() else {
                 break;
             };
@@ -162,7 +193,7 @@ impl DuplicateCache {
 
     /// Records the reply of a call [`DuplicateCache::begin`] said to run.
     pub fn finish(&self, key: Key, reply: &[u8]) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.shard(&key);
         if let Some((entry, _)) = inner.entries.get_mut(&key) {
             *entry = Entry::Done(reply.into());
         }
@@ -170,7 +201,7 @@ impl DuplicateCache {
 
     /// Forgets a call that produced no reply, so that the client's next copy runs.
     pub fn abandon(&self, key: Key) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.shard(&key);
         if matches!(inner.entries.get(&key), Some((Entry::Running, _))) {
             inner.entries.remove(&key);
         }
@@ -178,8 +209,16 @@ impl DuplicateCache {
 
     /// How many calls are remembered.
     pub fn len(&self) -> usize {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.entries.len()
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entries
+                    .len()
+            })
+            .sum()
     }
 
     /// Whether no call is remembered.
@@ -189,7 +228,7 @@ impl DuplicateCache {
 
     fn expire(&self, inner: &mut Inner, now: Instant) {
         while let Some(&(key, seen)) = inner.order.front() {
-            if now.saturating_duration_since(seen) < self.limits.lifetime {
+            if now.saturating_duration_since(seen) < self.lifetime {
                 break;
             }
             inner.order.pop_front();
@@ -319,6 +358,26 @@ mod tests {
         }
         assert_eq!(cache.begin(keys[0], now), Decision::Run);
         assert_eq!(cache.len(), 3);
+    }
+
+    #[test]
+    fn a_large_cache_is_sharded_and_stays_within_its_bound() {
+        let limits = Limits::default();
+        let cache = DuplicateCache::new(limits);
+        assert_eq!(cache.shards.len(), SHARDS);
+        let now = Instant::now();
+        let key = |xid: u32| Key::new(client(700), &call(xid, REMOVE), &xid.to_be_bytes());
+        for xid in 0..3 * limits.entries as u32 {
+            assert_eq!(cache.begin(key(xid), now), Decision::Run);
+            cache.finish(key(xid), b"reply");
+        }
+        let held = cache.len();
+        assert!(held <= limits.entries, "{held}");
+        // Every shard is full: the shards split the calls evenly enough.
+        assert!(held > limits.entries - SHARDS, "{held}");
+        let last = 3 * limits.entries as u32 - 1;
+        assert!(matches!(cache.begin(key(last), now), Decision::Replay(_)));
+        assert_eq!(cache.begin(key(0), now), Decision::Run);
     }
 
     #[test]

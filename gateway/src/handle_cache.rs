@@ -166,7 +166,7 @@ impl std::hash::Hasher for IncarnationHasher {
 type IncarnationMap =
     HashMap<IncarnationKey, CachedHandle, std::hash::BuildHasherDefault<IncarnationHasher>>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Generations {
     current: IncarnationMap,
     previous: IncarnationMap,
@@ -190,9 +190,18 @@ impl HandleCache {
 
     /// As [`HandleCache::new`] with another admission margin (tests).
     pub fn with_margin(capacity: usize, margin: Duration) -> Self {
+        let generation_size = (capacity / 2).max(1);
+        // Both tables get their full size now, so that no call ever grows one: a table of a
+        // generation of 32 Ki handles is several MiB, more than any one allocation a call may
+        // make (the fuzz targets abort on that), and the rotation below keeps the allocations.
+        let table =
+            || IncarnationMap::with_capacity_and_hasher(generation_size, Default::default());
         HandleCache {
-            generations: Mutex::new(Generations::default()),
-            generation_size: (capacity / 2).max(1),
+            generations: Mutex::new(Generations {
+                current: table(),
+                previous: table(),
+            }),
+            generation_size,
             margin,
         }
     }
@@ -242,7 +251,11 @@ impl HandleCache {
         if generations.current.len() >= self.generation_size
             && !generations.current.contains_key(&key)
         {
-            generations.previous = std::mem::take(&mut generations.current);
+            // The full generation becomes the previous one; the old previous, emptied, is the
+            // new current (its table keeps its size).
+            let Generations { current, previous } = generations;
+            std::mem::swap(current, previous);
+            current.clear();
         }
         generations.current.insert(key, handle);
     }
