@@ -58,6 +58,7 @@ pub fn run(args: NfsArgs, _globals: &Globals) -> anyhow::Result<ExitCode> {
     let ports = Ports {
         nfs: args.nfs_port,
         portmap: args.portmap_port,
+        udp: true,
     };
     let Some(server) = NfsServer::prepare(&config, &node, ports)? else {
         bail!("{} has no NFSv3 export to serve", args.config.display());
@@ -96,6 +97,8 @@ pub const RPCBIND_CHECK: std::time::Duration = std::time::Duration::from_secs(10
 pub struct NfsServer {
     service: Service,
     listeners: Vec<std::net::TcpListener>,
+    /// UDP sockets for portmap and MOUNT (`gateway::udp`), when `ports.udp`.
+    datagrams: Vec<std::net::UdpSocket>,
     /// Set when the portmap port belongs to a system rpcbind that MOUNT and NFS are registered
     /// with.
     rpcbind: Option<RpcbindRegistration>,
@@ -151,9 +154,22 @@ impl NfsServer {
             .with_context(|| format!("cannot listen on NFS port {}", ports.nfs))?;
         // A system rpcbind (Debian pulls one in with nfs-common) may hold the portmap port:
         // then MOUNT and NFS are registered with it once the service is ready.
+        let mut datagrams = Vec::new();
+        if ports.udp {
+            datagrams = gateway::udp::bind_wildcard(ports.nfs)
+                .with_context(|| format!("cannot listen on UDP port {}", ports.nfs))?;
+        }
         let rpcbind = match gateway::server::bind_wildcard(ports.portmap) {
             Ok(portmap) => {
                 listeners.extend(portmap);
+                // The system rpcbind, when there is one, holds UDP 111 as well.
+                if ports.udp {
+                    datagrams.extend(
+                        gateway::udp::bind_wildcard(ports.portmap).with_context(|| {
+                            format!("cannot listen on UDP port {}", ports.portmap)
+                        })?,
+                    );
+                }
                 None
             }
             Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
@@ -191,6 +207,7 @@ impl NfsServer {
         Ok(Some(NfsServer {
             service,
             listeners,
+            datagrams,
             rpcbind,
         }))
     }
@@ -204,13 +221,12 @@ impl NfsServer {
         let keeper = self
             .rpcbind
             .map(|registration| tokio::spawn(keep_registered(registration, unregister.clone())));
-        let served = gateway::serve(
-            Arc::new(self.service),
-            self.listeners,
-            Limits::default(),
-            shutdown,
-        )
-        .await;
+        let service = Arc::new(self.service);
+        let udp = gateway::udp::UdpServer::spawn(service.clone(), self.datagrams)?;
+        let served = gateway::serve(service, self.listeners, Limits::default(), shutdown).await;
+        tokio::task::spawn_blocking(move || udp.stop())
+            .await
+            .map_err(std::io::Error::other)?;
         unregister.cancel();
         if let Some(keeper) = keeper
             && let Err(error) = keeper.await
@@ -228,7 +244,7 @@ fn register_with_rpcbind(
     node: &str,
     ports: Ports,
 ) -> anyhow::Result<RpcbindRegistration> {
-    let registrations = gateway::rpcbind_client::registrations(ports.nfs);
+    let registrations = gateway::rpcbind_client::registrations(ports.nfs, ports.udp);
     let mut session = client.connect().with_context(|| {
         format!(
             "portmap port {} is in use, but not by an rpcbind this server can register with",

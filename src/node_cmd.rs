@@ -100,6 +100,7 @@ fn start_nfs(config: &ClusterConfig, node: &Node, services: &mut Services) -> an
     let ports = gateway::Ports {
         nfs: 2049,
         portmap: 111,
+        udp: true,
     };
     let Some(server) = NfsServer::prepare(config, &node.name, ports)? else {
         return Ok(());

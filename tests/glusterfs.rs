@@ -552,6 +552,7 @@ fn service_on(path: &Path, handles: cluster_config::HandleScheme) -> Result<(), 
             ports: gateway::Ports {
                 nfs: 2049,
                 portmap: 111,
+                udp: false,
             },
             handle_key: gateway::handle::HandleKey::from_cluster_secret(b"a test secret"),
             write_verifier: None,

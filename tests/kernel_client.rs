@@ -753,7 +753,7 @@ fn a_stock_mount_without_a_version_negotiates_nfsv3() {
     };
     // nfs-utils' own mount.nfs (what `mount -t nfs` runs) with no version: it asks for NFSv4
     // first, gets PROG_MISMATCH (NFS 3 to 3), and falls back to NFSv3 through portmap and
-    // MOUNT. `nolock` because the guest runs no rpc.statd.
+    // MOUNT, which it asks for over UDP first. `nolock` because the guest runs no rpc.statd.
     // libtirpc wants its transports (/etc/netconfig), the `sunrpc` service and the protocols.
     let extra = host_files(
         &[MOUNT_NFS],
@@ -787,8 +787,11 @@ step umount umount /mnt
         .collect();
     eprintln!("stock mount:\n{}", negotiation.join("\n"));
     let mount = report.value("mount").unwrap_or_default();
+    // It found MOUNT over UDP (what mount.nfs asks for first), and the kernel's MNT went there.
     assert!(
-        mount.contains("vers=3") && mount.contains(&format!("addr={vip}")),
+        mount.contains("vers=3")
+            && mount.contains(&format!("addr={vip}"))
+            && mount.contains("mountproto=udp"),
         "{mount}"
     );
     let export = cluster::volume_source(lab.name()).join(cluster::DEMO_EXPORT);

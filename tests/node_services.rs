@@ -110,3 +110,53 @@ fn an_nfs_client_reads_its_file_back_through_the_vip_after_the_owner_is_killed()
         "{vip} should be on one survivor: {now:?}"
     );
 }
+
+#[test]
+fn portmap_and_mount_answer_over_udp_through_the_vip() {
+    if !common::root_or_skip("portmap_and_mount_answer_over_udp_through_the_vip") {
+        return;
+    }
+    let lab = common::cluster::start_cluster("nu");
+    let vip = cluster::vip_addresses()[0].to_string();
+    let v6 = cluster::vip_addresses()
+        .into_iter()
+        .find(std::net::IpAddr::is_ipv6)
+        .unwrap()
+        .to_string();
+    // `rpcinfo -u` makes a NULL call over UDP: it must come back, from the VIP it was sent to
+    // (rpcinfo's UDP client drops replies from any other address).
+    for (address, program, version) in [
+        (&vip, "100000", "2"),
+        (&vip, "100005", "3"),
+        (&v6, "100005", "3"),
+    ] {
+        let mut last = None;
+        let answered = common::wait_until(Duration::from_secs(20), || {
+            let output = client(&lab, "rpcinfo", &["-u", address, program, version]);
+            let ok = output.status.success();
+            last = Some(output);
+            ok
+        });
+        assert!(
+            answered,
+            "rpcinfo -u {address} {program} {version}: {}\n{}",
+            describe(&last.unwrap()),
+            logs(&lab)
+        );
+    }
+    // The table lists MOUNT over UDP on 2049, and NFS over TCP only.
+    let output = client(&lab, "rpcinfo", &["-p", &vip]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    let has = |program: &str, protocol: &str| {
+        table.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.first() == Some(&program) && fields.get(2) == Some(&protocol)
+        })
+    };
+    assert!(has("100005", "udp") && has("100000", "udp"), "{table}");
+    assert!(has("100003", "tcp") && !has("100003", "udp"), "{table}");
+    // NFS over UDP is not registered (a call sent anyway gets PROG_UNAVAIL:
+    // gateway/tests/udp.rs).
+    let output = client(&lab, "rpcinfo", &["-u", &vip, "100003", "3"]);
+    assert!(!output.status.success());
+}

@@ -222,8 +222,12 @@ fn registers_with_a_system_rpcbind() {
 
     // The client finds MOUNT and NFS at 2049 through the node's rpcbind, and nothing at the
     // crashed gateway's 2050: its entries were replaced.
-    let tcp = |program, version| (program, version, "tcp".to_owned(), 2049);
-    let expected = vec![tcp(100_003, 3), tcp(100_005, 3)];
+    let at = |program, version, protocol: &str| (program, version, protocol.to_owned(), 2049);
+    let expected = vec![
+        at(100_003, 3, "tcp"),
+        at(100_005, 3, "tcp"),
+        at(100_005, 3, "udp"),
+    ];
     wait_for_entries(&lab, &expected, Duration::from_secs(60));
     let log = std::fs::read_to_string(lab_dir.join("vipgate.log")).unwrap();
     assert!(

@@ -57,6 +57,7 @@ pub mod server;
 pub mod service;
 pub mod smb;
 pub mod sys;
+pub mod udp;
 pub mod xdr;
 
 pub use server::{Limits, serve};

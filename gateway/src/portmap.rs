@@ -33,24 +33,37 @@ pub struct Mapping {
     pub port: u16,
 }
 
-/// The node's table for NFS on `nfs_port` and portmap on `portmap_port`, on TCP.
-pub fn mappings(nfs_port: u16, portmap_port: u16) -> Vec<Mapping> {
+/// The node's table for NFS on `nfs_port` and portmap on `portmap_port`, on TCP, and with
+/// `udp` portmap and MOUNT over UDP too (NFS stays TCP-only).
+pub fn mappings(nfs_port: u16, portmap_port: u16, udp: bool) -> Vec<Mapping> {
     let mut table = Vec::new();
-    for version in 2..=4 {
-        table.push(Mapping {
-            program: PORTMAP_PROGRAM,
-            version,
-            protocol: IPPROTO_TCP,
-            port: portmap_port,
-        });
+    let protocols: &[u32] = if udp {
+        &[IPPROTO_TCP, IPPROTO_UDP]
+    } else {
+        &[IPPROTO_TCP]
+    };
+    for &protocol in protocols {
+        for version in 2..=4 {
+            table.push(Mapping {
+                program: PORTMAP_PROGRAM,
+                version,
+                protocol,
+                port: portmap_port,
+            });
+        }
     }
     for program in [MOUNT_PROGRAM, NFS_PROGRAM] {
-        table.push(Mapping {
-            program,
-            version: 3,
-            protocol: IPPROTO_TCP,
-            port: nfs_port,
-        });
+        for &protocol in protocols {
+            if program == NFS_PROGRAM && protocol == IPPROTO_UDP {
+                continue;
+            }
+            table.push(Mapping {
+                program,
+                version: 3,
+                protocol,
+                port: nfs_port,
+            });
+        }
     }
     table
 }
@@ -214,7 +227,7 @@ pub fn call(
     out: &mut Vec<u8>,
 ) -> Result<(), ProcError> {
     let args = decode_args(call.version, call.procedure, args)?;
-    let table = mappings(service.ports.nfs, service.ports.portmap);
+    let table = mappings(service.ports.nfs, service.ports.portmap, service.ports.udp);
     let encoder = &mut Encoder::new(out);
     match args {
         Args::Null => {}
@@ -286,7 +299,7 @@ mod tests {
 
     #[test]
     fn getport_table() {
-        let table = mappings(2049, 111);
+        let table = mappings(2049, 111, false);
         let cases = [
             (MOUNT_PROGRAM, 3, IPPROTO_TCP, 2049),
             (NFS_PROGRAM, 3, IPPROTO_TCP, 2049),
@@ -307,7 +320,7 @@ mod tests {
 
     #[test]
     fn getaddr_table() {
-        let table = mappings(2049, 111);
+        let table = mappings(2049, 111, false);
         let v4: SocketAddr = "192.0.2.101:111".parse().unwrap();
         let v6: SocketAddr = "[2001:db8::101]:111".parse().unwrap();
         let cases: Vec<(u32, u32, &str, SocketAddr, bool, &str)> = vec![

@@ -157,16 +157,22 @@ impl fmt::Display for Registration {
 }
 
 /// What the gateway registers when NFS and MOUNT listen on `nfs_port`: every version of MOUNT
-/// and NFS that [`PROGRAMS`] serves, on `tcp` and `tcp6`. Versions the gateway does not answer
-/// are not registered, so no client is sent to a port that answers PROG_MISMATCH.
-pub fn registrations(nfs_port: u16) -> Vec<Registration> {
+/// and NFS that [`PROGRAMS`] serves, on `tcp` and `tcp6`, and with `udp` MOUNT on `udp` and
+/// `udp6` too (NFS is TCP-only, [`crate::udp`]). Versions the gateway does not answer are not
+/// registered, so no client is sent to a port that answers PROG_MISMATCH.
+pub fn registrations(nfs_port: u16, udp: bool) -> Vec<Registration> {
     let mut registrations = Vec::new();
     for program in PROGRAMS
         .iter()
         .filter(|program| matches!(program.prog, MOUNT_PROGRAM | NFS_PROGRAM))
     {
+        let netids: &[&'static str] = if udp && program.prog == MOUNT_PROGRAM {
+            &["tcp", "tcp6", "udp", "udp6"]
+        } else {
+            &["tcp", "tcp6"]
+        };
         for version in program.versions.clone() {
-            for netid in ["tcp", "tcp6"] {
+            for &netid in netids {
                 registrations.push(Registration {
                     program: program.prog,
                     version,
@@ -927,7 +933,7 @@ mod tests {
 
     #[test]
     fn registrations_are_what_the_gateway_serves() {
-        let addresses: Vec<String> = registrations(2049)
+        let addresses: Vec<String> = registrations(2049, true)
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -936,6 +942,8 @@ mod tests {
             [
                 "program 100005 version 3 on tcp at 0.0.0.0.8.1",
                 "program 100005 version 3 on tcp6 at ::.8.1",
+                "program 100005 version 3 on udp at 0.0.0.0.8.1",
+                "program 100005 version 3 on udp6 at ::.8.1",
                 "program 100003 version 3 on tcp at 0.0.0.0.8.1",
                 "program 100003 version 3 on tcp6 at ::.8.1",
             ]
@@ -999,7 +1007,7 @@ mod tests {
 
     #[test]
     fn plans() {
-        let ours = registrations(2049);
+        let ours = registrations(2049, false);
         let nfs_tcp = entry(NFS_PROGRAM, 3, "tcp", "0.0.0.0.8.1", "superuser");
         let nfs_tcp6 = entry(NFS_PROGRAM, 3, "tcp6", "::.8.1", "superuser");
         let mount_tcp = entry(MOUNT_PROGRAM, 3, "tcp", "0.0.0.0.8.1", "superuser");

@@ -161,6 +161,8 @@ pub struct Ports {
     pub nfs: u16,
     /// portmap / rpcbind.
     pub portmap: u16,
+    /// Whether portmap and MOUNT also answer over UDP on those ports ([`crate::udp`]).
+    pub udp: bool,
 }
 
 /// How to build a [`Service`].

@@ -898,6 +898,7 @@ fn startup_names_what_cannot_be_served() {
                 ports: gateway::Ports {
                     nfs: 2049,
                     portmap: 111,
+                    udp: false,
                 },
                 handle_key: gateway::handle::HandleKey::from_cluster_secret(common::SECRET),
                 write_verifier: None,

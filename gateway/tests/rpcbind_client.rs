@@ -295,14 +295,19 @@ fn reconcile_replaces_stale_entries_over_the_local_socket() {
     let mut session = stand.client().connect().unwrap();
     assert_eq!(session.endpoint(), &Endpoint::Local(stand.socket.clone()));
     assert_eq!(session.dialect(), Dialect::Rpcbind(4));
-    let plan = session.reconcile(&registrations(2049)).unwrap();
+    let plan = session.reconcile(&registrations(2049, false)).unwrap();
     assert_eq!(plan.unset, vec![stale_mount, knfsd_v4]);
     assert_eq!(plan.set.len(), 4);
     assert_eq!(stand.table(), sorted([ours(), vec![nlm.clone()]].concat()));
 
     // A second pass changes nothing; unregistering leaves only the other program.
-    assert!(session.reconcile(&registrations(2049)).unwrap().is_empty());
-    session.unregister(&registrations(2049)).unwrap();
+    assert!(
+        session
+            .reconcile(&registrations(2049, false))
+            .unwrap()
+            .is_empty()
+    );
+    session.unregister(&registrations(2049, false)).unwrap();
     assert_eq!(stand.table(), vec![nlm]);
     let shared = stand.shared.lock().unwrap();
     assert!(
@@ -317,7 +322,7 @@ fn without_the_local_socket_tcp_from_a_reserved_port() {
     let stand = Stand::start(Behaviour::Rpcbind, false, vec![]);
     let mut session = stand.client().connect().unwrap();
     assert_eq!(session.endpoint(), &Endpoint::Tcp(stand.tcp));
-    session.reconcile(&registrations(2049)).unwrap();
+    session.reconcile(&registrations(2049, false)).unwrap();
     assert_eq!(stand.table(), sorted(ours()));
     let shared = stand.shared.lock().unwrap();
     assert!(!shared.tcp_calls.is_empty());
@@ -335,7 +340,7 @@ fn a_portmap_gets_version_2_calls_for_tcp() {
     let stand = Stand::start(Behaviour::PortmapOnly, false, vec![old]);
     let mut session = stand.client().connect().unwrap();
     assert_eq!(session.dialect(), Dialect::Portmap);
-    session.reconcile(&registrations(2049)).unwrap();
+    session.reconcile(&registrations(2049, false)).unwrap();
     assert_eq!(
         stand.table(),
         vec![
@@ -359,7 +364,7 @@ fn errors_name_what_failed() {
         .client()
         .connect()
         .unwrap()
-        .reconcile(&registrations(2049))
+        .reconcile(&registrations(2049, false))
         .unwrap_err();
     assert!(
         matches!(

@@ -156,6 +156,7 @@ impl Fixture {
                 ports: Ports {
                     nfs: 2049,
                     portmap: 111,
+                    udp: false,
                 },
                 handle_key: handle_key(),
                 write_verifier: Some([1; 8]),

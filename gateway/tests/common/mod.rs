@@ -125,6 +125,7 @@ impl TestServer {
                 ports: Ports {
                     nfs: address.port(),
                     portmap: address.port(),
+                    udp: false,
                 },
                 handle_key: HandleKey::from_cluster_secret(secret),
                 write_verifier: None,
