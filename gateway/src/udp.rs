@@ -4,6 +4,13 @@
 //! mount over UDP, and 1 MiB READs do not fit a datagram), so an NFS call over UDP gets
 //! PROG_UNAVAIL.
 //!
+//! Over UDP a source address can be forged, so a call whose reply is much larger than itself
+//! would make the node a reflector for attacks on that address (the classic portmap DUMP
+//! amplification). Only the procedures a client needs to find and mount an export are answered
+//! over UDP — NULL, portmap GETPORT, rpcbind GETADDR / GETTIME / GETVERSADDR, MOUNT MNT, UMNT
+//! and UMNTALL; the listings (portmap and rpcbind DUMP, MOUNT DUMP and EXPORT) get PROC_UNAVAIL
+//! and stay on TCP, where `rpcinfo -p` and `showmount -e` ask for them anyway.
+//!
 //! One thread per socket (IPv4 and IPv6 wildcard, per port) receives a datagram, answers it
 //! through the same `classify` / `dispatch` / `Service::handle` steps as the TCP loop, and
 //! sends the reply from the address the call arrived at (`IP_PKTINFO` / `IPV6_PKTINFO`), so a
@@ -98,6 +105,11 @@ pub fn answer(
                     xid: call.xid,
                     body,
                 })
+            } else if !small_reply(call.program, call.version, call.procedure) {
+                framed_reply(&ReplyHeader {
+                    xid: call.xid,
+                    body: ReplyBody::accepted(AcceptStatus::ProcUnavail),
+                })
             } else {
                 let connection = Connection::new(peer, local);
                 let args = datagram.get(args_offset..).unwrap_or_default();
@@ -110,6 +122,19 @@ pub fn answer(
         .get(4..)
         .filter(|message| !message.is_empty())
         .map(<[u8]>::to_vec)
+}
+
+/// Whether a procedure is answered over UDP: those whose reply is about as small as the call
+/// (module documentation).
+pub fn small_reply(program: u32, version: u32, procedure: u32) -> bool {
+    match (program, version, procedure) {
+        (_, _, 0) => true,
+        // portmap v2 GETPORT; rpcbind v3/v4 GETADDR, GETTIME, and v4 GETVERSADDR.
+        (PORTMAP_PROGRAM, 2, 3) | (PORTMAP_PROGRAM, 3 | 4, 3 | 6) | (PORTMAP_PROGRAM, 4, 9) => true,
+        // MOUNT MNT, UMNT, UMNTALL.
+        (MOUNT_PROGRAM, _, 1 | 3 | 4) => true,
+        _ => false,
+    }
 }
 
 /// The threads answering portmap and MOUNT over UDP.

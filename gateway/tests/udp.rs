@@ -77,6 +77,35 @@ fn portmap_and_mount_answer_datagrams_and_nfs_is_unavailable() {
         "{:?}",
         header.body
     );
+    // Listings, whose replies are much larger than the call, stay on TCP: a forged source
+    // address must not turn the node into a reflector.
+    for (program, version, procedure) in [
+        (PORTMAP_PROGRAM, 2, 4u32),
+        (PORTMAP_PROGRAM, 4, 4),
+        (MOUNT_PROGRAM, 3, 2),
+        (MOUNT_PROGRAM, 3, 5),
+    ] {
+        let mut call = null_call(5, program, version);
+        call[20..24].copy_from_slice(&procedure.to_be_bytes());
+        let reply = answer(&call).unwrap();
+        let (header, _) = decode_reply(&reply).unwrap();
+        assert_eq!(
+            header.body,
+            ReplyBody::accepted(AcceptStatus::ProcUnavail),
+            "{program} v{version} procedure {procedure}"
+        );
+        assert!(reply.len() <= call.len(), "{program} {procedure}");
+    }
+    // GETPORT is answered, no larger than the call.
+    let mut getport = null_call(6, PORTMAP_PROGRAM, 2);
+    getport[20..24].copy_from_slice(&3u32.to_be_bytes());
+    for word in [MOUNT_PROGRAM, 3, 17, 0] {
+        getport.extend_from_slice(&word.to_be_bytes());
+    }
+    let reply = answer(&getport).unwrap();
+    let (header, _) = decode_reply(&reply).unwrap();
+    assert_eq!(header.body, ReplyBody::success());
+    assert!(reply.len() <= getport.len());
     // Garbage and replies are dropped.
     assert_eq!(answer(b""), None);
     assert_eq!(answer(&[0xff; 3]), None);
