@@ -224,7 +224,9 @@ impl NfsServer {
         let service = Arc::new(self.service);
         let udp = gateway::udp::UdpServer::spawn(service.clone(), self.datagrams)?;
         let served = gateway::serve(service, self.listeners, Limits::default(), shutdown).await;
-        tokio::task::spawn_blocking(move || udp.stop())
+        // As long as TCP connections get to finish their calls.
+        let drain = Limits::default().drain;
+        tokio::task::spawn_blocking(move || udp.stop(drain))
             .await
             .map_err(std::io::Error::other)?;
         unregister.cancel();

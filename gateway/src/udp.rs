@@ -21,10 +21,10 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg, setsockopt,
@@ -142,28 +142,54 @@ pub fn small_reply(program: u32, version: u32, procedure: u32) -> bool {
 pub struct UdpServer {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Each thread sends once here as it ends, so that [`UdpServer::stop`] can wait with a
+    /// deadline (a MNT stuck on a hung volume never returns).
+    ended: mpsc::Receiver<()>,
 }
 
 impl UdpServer {
     /// One thread per socket, answering until [`UdpServer::stop`].
     pub fn spawn(service: Arc<Service>, sockets: Vec<UdpSocket>) -> io::Result<UdpServer> {
         let stop = Arc::new(AtomicBool::new(false));
+        let (end, ended) = mpsc::channel();
         let mut threads = Vec::with_capacity(sockets.len());
         for socket in sockets {
             let service = service.clone();
             let stop = stop.clone();
+            let end = end.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("rpc-udp".into())
-                    .spawn(move || serve(&service, &socket, &stop))?,
+                    .spawn(move || {
+                        serve(&service, &socket, &stop);
+                        let _ = end.send(());
+                    })?,
             );
         }
-        Ok(UdpServer { stop, threads })
+        Ok(UdpServer {
+            stop,
+            threads,
+            ended,
+        })
     }
 
-    /// Stops the threads (within [`STOP_CHECK`] plus a call in progress) and waits for them.
-    pub fn stop(self) {
+    /// Stops the threads: each ends within [`STOP_CHECK`] unless a call holds it, and a thread
+    /// still busy after `deadline` is left behind (it ends by itself if its call ever returns).
+    pub fn stop(self, deadline: Duration) {
         self.stop.store(true, Ordering::Release);
+        let until = Instant::now() + deadline;
+        let mut running = self.threads.len();
+        while running > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if self.ended.recv_timeout(left).is_err() {
+                tracing::warn!(
+                    running,
+                    "RPC datagram threads still busy at the stop deadline"
+                );
+                return;
+            }
+            running -= 1;
+        }
         for thread in self.threads {
             let _ = thread.join();
         }

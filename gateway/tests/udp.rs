@@ -126,5 +126,5 @@ fn portmap_and_mount_answer_datagrams_and_nfs_is_unavailable() {
     assert_eq!(from, SocketAddr::from(([127, 0, 0, 1], port)));
     let (header, _) = decode_reply(&buffer[..length]).unwrap();
     assert_eq!((header.xid, header.body), (77, ReplyBody::success()));
-    udp.stop();
+    udp.stop(Duration::from_secs(5));
 }
