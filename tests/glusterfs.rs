@@ -195,6 +195,41 @@ impl Rpc {
     }
 }
 
+impl Rpc {
+    /// READDIRPLUS from the start (one reply is enough here): each name with its handle.
+    fn readdirplus(&mut self, dir: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut args = Vec::new();
+        let encoder = &mut Encoder::new(&mut args);
+        opaque(encoder, dir);
+        encoder.u64(0);
+        encoder.fixed_opaque(&[0; 8]);
+        encoder.u32(8192); // dircount
+        encoder.u32(65536); // maxcount
+        let results = self.call(NFS_PROGRAM, 17, &args);
+        let decoder = &mut Decoder::new(&results);
+        assert_eq!(decoder.u32().unwrap(), 0, "READDIRPLUS");
+        skip_post_op_attr(decoder);
+        decoder.fixed_opaque(8).unwrap();
+        let mut entries = std::collections::BTreeMap::new();
+        while decoder.bool().unwrap() {
+            decoder.u64().unwrap();
+            let name = String::from_utf8(decoder.opaque(255).unwrap().to_vec()).unwrap();
+            decoder.u64().unwrap();
+            skip_post_op_attr(decoder);
+            assert!(
+                decoder.bool().unwrap(),
+                "READDIRPLUS gives the handle of {name}"
+            );
+            entries.insert(name, decoder.opaque(64).unwrap().to_vec());
+        }
+        assert!(
+            decoder.bool().unwrap(),
+            "one READDIRPLUS reply holds the directory"
+        );
+        entries
+    }
+}
+
 /// NFSv3 `stable_how`: UNSTABLE.
 const UNSTABLE: u32 = 0;
 
@@ -381,6 +416,37 @@ fn nfs_on_a_replicated_glusterfs_volume_across_a_vip_move() {
         assert_eq!(status, 0, "LOOKUP sub");
         let (status, leaving) = rpc.lookup(&sub, "leaving");
         assert_eq!(status, 0, "LOOKUP sub/leaving");
+        // READDIRPLUS hands out the same handles as CREATE and LOOKUP (GFID handles are
+        // cached from CREATE on: the inode number is 64 bits of the GFID).
+        for _ in 0..2 {
+            let listed = rpc.readdirplus(&export_root);
+            assert_eq!(listed["written"], written, "READDIRPLUS: written");
+            assert_eq!(listed["upload.bin"], to_rename, "READDIRPLUS: upload.bin");
+            assert_eq!(listed["sub"], sub, "READDIRPLUS: sub");
+        }
+        // A file deleted and made again under the same name on another node's mount is a new
+        // object (a new GFID): listed with its own handle, never the old one's.
+        let first_one = rpc.create_and_write(&export_root, "again", b"one");
+        assert_eq!(rpc.readdirplus(&export_root)["again"], first_one);
+        let other_mount = gluster.mount_of(if first == "node1" { "node2" } else { "node1" });
+        std::fs::remove_file(other_mount.join("demo/again")).unwrap();
+        std::fs::write(other_mount.join("demo/again"), b"second").unwrap();
+        // (This node's FUSE mount may answer the name from its entry cache for GlusterFS's
+        // entry-timeout, 1 s.)
+        let mut second_one = Vec::new();
+        assert!(
+            common::wait_until(Duration::from_secs(5), || {
+                second_one = rpc.readdirplus(&export_root)["again"].clone();
+                second_one != first_one
+            }),
+            "READDIRPLUS still lists the deleted file's handle"
+        );
+        assert_eq!(rpc.lookup(&export_root, "again"), (0, second_one.clone()));
+        assert_eq!(rpc.getattr(&second_one).2, 6, "the new file's size");
+        assert!(
+            common::wait_until(Duration::from_secs(5), || rpc.getattr(&first_one).0 == 70),
+            "the deleted file's handle is not stale"
+        );
         FromFirstOwner {
             export_root,
             written,
@@ -458,6 +524,11 @@ fn nfs_on_a_replicated_glusterfs_volume_across_a_vip_move() {
         let mut names = rpc.readdir(&handles.sub);
         names.sort();
         assert_eq!(names, [".", "..", "inner"], "sub after `leaving` left");
+        // Another node, with none of these handles cached, lists the same handles.
+        let listed = rpc.readdirplus(&handles.export_root);
+        assert_eq!(listed["written"], handles.written);
+        assert_eq!(listed["renamed.bin"], handles.to_rename);
+        assert_eq!(listed["sub"], handles.sub);
         let (status, parent) = rpc.lookup(&handles.sub, "..");
         assert_eq!(status, 0, "LOOKUP sub/..");
         assert_eq!(
@@ -471,7 +542,15 @@ fn nfs_on_a_replicated_glusterfs_volume_across_a_vip_move() {
         names.sort();
         assert_eq!(
             names,
-            [".", "..", "private", "renamed.bin", "sub", "written"]
+            [
+                ".",
+                "..",
+                "again",
+                "private",
+                "renamed.bin",
+                "sub",
+                "written"
+            ]
         );
         // Renamed out of the export: still resolves by its old handle (documented behaviour,
         // the same as kernel handles'), but no name inside the export reaches it.
@@ -523,6 +602,83 @@ fn nfs_on_a_replicated_glusterfs_volume_across_a_vip_move() {
     lab.teardown().unwrap();
 }
 
+/// GFID handles are cached from the start, new files included (the inode number is 64 bits of
+/// the GFID, which is never reused): a CREATE stores its handle, a READDIRPLUS of files made on
+/// the volume directly stores theirs, and a listing again hands out the same bytes from the
+/// cache. The gateway runs in the test process here, so that its cache can be counted.
+#[test]
+fn gfid_handles_are_cached_from_creation_on() {
+    if !can_run("gfid_handles_are_cached_from_creation_on") {
+        return;
+    }
+    let lab = common::lab("gc", 1, 0);
+    let gluster = Gluster::start(&lab);
+    let export = gluster.mount_of("node1").join("demo");
+    std::fs::create_dir(&export).unwrap();
+    const ELSEWHERE: usize = 20;
+    for index in 0..ELSEWHERE {
+        std::fs::write(export.join(format!("made-{index}")), b"on the volume").unwrap();
+    }
+    let listener = gateway::server::bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = listener.local_addr().unwrap();
+    let service = Arc::new(service(&export, cluster_config::HandleScheme::Auto).unwrap());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = std::thread::spawn({
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(gateway::serve(
+                    service,
+                    vec![listener],
+                    gateway::server::Limits::default(),
+                    shutdown,
+                ))
+                .unwrap();
+        }
+    });
+
+    let mut rpc = Rpc::connect(address);
+    let root = rpc.mount("/demo");
+    let before = service.cached_handles();
+    let created = rpc.create_and_write(&root, "created", b"new");
+    assert_eq!(
+        service.cached_handles(),
+        before + 1,
+        "CREATE stores the new file's handle"
+    );
+    let listed = rpc.readdirplus(&root);
+    assert_eq!(listed.len(), ELSEWHERE + 3, "{listed:?}");
+    assert_eq!(listed["created"], created);
+    // `.` and `..` are the directory's own handles; every other entry is now cached.
+    assert_eq!(service.cached_handles(), before + 1 + ELSEWHERE);
+    for (name, handle) in &listed {
+        if !name.starts_with('.') {
+            assert_eq!(
+                rpc.lookup(&root, name),
+                (0, handle.clone()),
+                "LOOKUP {name}"
+            );
+        }
+    }
+    assert_eq!(
+        rpc.readdirplus(&root),
+        listed,
+        "listed again, from the cache"
+    );
+    assert_eq!(service.cached_handles(), before + 1 + ELSEWHERE);
+
+    shutdown.cancel();
+    drop(rpc);
+    server.join().unwrap();
+    drop(gluster);
+    lab.teardown().unwrap();
+}
+
 /// No host names, for a service outside a lab.
 #[derive(Debug)]
 struct NoNames;
@@ -534,13 +690,19 @@ impl gateway::hostname::HostNames for NoNames {
 }
 
 fn service_on(path: &Path, handles: cluster_config::HandleScheme) -> Result<(), String> {
+    service(path, handles).map(drop)
+}
+
+/// A gateway service exporting `path` as `/demo` to everyone; the startup error with its
+/// causes as text.
+fn service(path: &Path, handles: cluster_config::HandleScheme) -> Result<gateway::Service, String> {
     let spec = gateway::ExportSpec {
         name: "demo".into(),
         mount_path: "/demo".into(),
         local_path: path.to_path_buf(),
         policy: gateway::export::Policy {
             access: cluster_config::Access::ReadWrite,
-            clients: vec![],
+            clients: vec![cluster_config::ClientMatch::Any],
             squash: cluster_config::Squash::None,
             anon_uid: 65534,
             anon_gid: 65534,
@@ -560,7 +722,6 @@ fn service_on(path: &Path, handles: cluster_config::HandleScheme) -> Result<(), 
             handles,
         },
     )
-    .map(drop)
     .map_err(|error| {
         let mut text = error.to_string();
         let mut source = std::error::Error::source(&error);

@@ -47,7 +47,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::handle::{ObjectId, ObjectResolver, ResolverError, filesystem_name};
+use crate::handle::{Incarnation, ObjectId, ObjectResolver, ResolverError, filesystem_name};
 use crate::{creds, sys};
 
 /// The scheme byte of GFID object ids in handles.
@@ -634,6 +634,17 @@ impl ObjectResolver for GfidResolver {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         as_daemon(|| read_gfid(XattrTarget::Entry(dir, name))).map(|gfid| gfid.object_id())
+    }
+
+    /// A GFID is random, assigned when the object is created and never reused; when `st_ino`
+    /// is its last 8 bytes (checked at start, and on every open), the inode number alone names
+    /// the incarnation. With `enable-ino32` it is a 32-bit hash of the GFID: nothing to rely on.
+    fn incarnation(&self) -> Incarnation {
+        if self.inode_is_gfid {
+            Incarnation::InodeNumber
+        } else {
+            Incarnation::Untracked
+        }
     }
 
     fn open(&self, id: &ObjectId) -> io::Result<OwnedFd> {

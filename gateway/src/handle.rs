@@ -305,13 +305,29 @@ pub trait ObjectResolver: Send + Sync + fmt::Debug {
     /// Opens the object with `O_PATH` (as the daemon: the caller's permissions are checked by
     /// the operation that follows).
     fn open(&self, id: &ObjectId) -> io::Result<OwnedFd>;
-    /// Whether an object's id is a function of its inode incarnation alone — the same bytes
-    /// however the object was reached, and other bytes for a later incarnation of a reused inode
-    /// number — so that `handle_cache` may reuse the handle of a (device, inode, birth time).
-    /// No by default: a resolver says yes only when that is provably so.
-    fn ids_follow_incarnation(&self) -> bool {
-        false
+    /// What tells one incarnation of an object from another, so that `handle_cache` may reuse
+    /// the handle it issued for it. [`Incarnation::Untracked`] by default: a resolver names
+    /// another only when that is provably so.
+    fn incarnation(&self) -> Incarnation {
+        Incarnation::Untracked
     }
+}
+
+/// What names one incarnation of an object (an inode number can be reused after the object is
+/// gone), as far as [`crate::handle_cache`] may rely on it. In every case the resolver's id must
+/// be a function of that incarnation alone: the same bytes however the object was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incarnation {
+    /// Nothing the cache can use: handles are never cached.
+    Untracked,
+    /// (device, inode number, birth time): an inode number may be reused, by a later
+    /// incarnation with a later birth time, so entries are admitted only for objects born well
+    /// before a moment they were seen alive (the cache's margin). Kernel handles.
+    BirthTime,
+    /// (device, inode number): the inode number is itself part of the id, and ids are never
+    /// reused, so it names one incarnation from birth on. GlusterFS, where `st_ino` is 64 bits
+    /// of the object's random, never reused GFID.
+    InodeNumber,
 }
 
 /// Why a volume cannot serve file handles; reported at startup.
@@ -536,8 +552,9 @@ impl ObjectResolver for KernelResolver {
 
     /// Kernel handles encode the inode number and its generation; without
     /// `AT_HANDLE_CONNECTABLE` (never asked for) they do not encode the parent or the name.
-    fn ids_follow_incarnation(&self) -> bool {
-        true
+    /// Inode numbers are reused, so the birth time tells incarnations apart.
+    fn incarnation(&self) -> Incarnation {
+        Incarnation::BirthTime
     }
 
     fn open(&self, id: &ObjectId) -> io::Result<OwnedFd> {

@@ -27,7 +27,15 @@
 //! every few milliseconds), the clock skew between the nodes that create files on a shared
 //! volume, and small clock steps. A file system that reports no birth time gets no key, so no
 //! caching at all, and a resolver whose ids are not a function of the incarnation
-//! ([`crate::handle::ObjectResolver::ids_follow_incarnation`] is false) is never cached either.
+//! ([`crate::handle::ObjectResolver::incarnation`] is [`Incarnation::Untracked`]) is never
+//! cached either.
+//!
+//! A resolver may instead say that the **inode number alone** names the incarnation
+//! ([`Incarnation::InodeNumber`]): GlusterFS reports 64 bits of the object's GFID as `st_ino`,
+//! and a GFID is drawn at random when the object is created and never reused. Those keys carry
+//! no birth time and are admitted at once, new files included (a later object with the same
+//! key would need the same 64 random bits); on GlusterFS, where reading a GFID is a round trip
+//! to the glusterfs client, that saves one per listed entry.
 //!
 //! The value stored for a key must come from the object the key describes, which only holds
 //! when both are read from **one descriptor**: `fstat` and `name_to_handle_at(AT_EMPTY_PATH)` on
@@ -47,7 +55,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::export::ExportId;
-use crate::handle::MAX_HANDLE;
+use crate::handle::{Incarnation, MAX_HANDLE};
 use crate::sys::{Stat, Time};
 
 /// How far in the past a birth time must lie, relative to a clock reading taken before the
@@ -64,18 +72,24 @@ pub struct IncarnationKey {
     export: ExportId,
     device: (u32, u32),
     inode: u64,
-    birth: Time,
+    /// `None` when the inode number alone names the incarnation ([`Incarnation::InodeNumber`]).
+    birth: Option<Time>,
 }
 
 impl IncarnationKey {
-    /// The key of an object of `export` described by `stat`; `None` when the file system gave
-    /// no birth time.
-    pub fn of(export: ExportId, stat: &Stat) -> Option<Self> {
+    /// The key of an object of `export` described by `stat`, as the export's resolver tells
+    /// incarnations apart; `None` when it cannot be cached (no birth time where one is needed).
+    pub fn of(export: ExportId, stat: &Stat, incarnation: Incarnation) -> Option<Self> {
+        let birth = match incarnation {
+            Incarnation::Untracked => return None,
+            Incarnation::BirthTime => Some(stat.birth?),
+            Incarnation::InodeNumber => None,
+        };
         Some(IncarnationKey {
             export,
             device: (stat.dev_major, stat.dev_minor),
             inode: stat.ino,
-            birth: stat.birth?,
+            birth,
         })
     }
 }
@@ -215,9 +229,11 @@ impl HandleCache {
     }
 
     /// Whether `key` may be stored given a clock reading `now` taken before its `statx` (only
-    /// such keys can be in the cache, so others need not be looked up either).
+    /// such keys can be in the cache, so others need not be looked up either). A key without
+    /// a birth time names its incarnation by itself: always.
     pub fn admits(&self, key: &IncarnationKey, now: Time) -> bool {
-        admissible(key.birth, now, self.margin)
+        key.birth
+            .is_none_or(|birth| admissible(birth, now, self.margin))
     }
 
     /// The cached handle of `key`, if any.
@@ -287,7 +303,7 @@ mod tests {
             export: ExportId(7),
             device: (0, 42),
             inode,
-            birth,
+            birth: Some(birth),
         }
     }
 
@@ -326,6 +342,10 @@ mod tests {
         assert_eq!(cache.get(&old).unwrap().as_bytes(), &handle[..]);
         // The same inode number with another birth time is another incarnation: a miss.
         assert_eq!(cache.get(&key(5, at(100, 1))), None);
+        // Nor is the key of the same inode number without a birth time (another policy).
+        let mut undated = old;
+        undated.birth = None;
+        assert_eq!(cache.get(&undated), None);
         // Another export, device or inode: misses.
         let mut other_export = old;
         other_export.export = ExportId(8);
@@ -351,25 +371,63 @@ mod tests {
     }
 
     #[test]
-    fn no_birth_time_no_key() {
-        let stat = Stat {
+    fn keys_follow_the_resolver_s_notion_of_incarnation() {
+        let undated = Stat {
             ino: 9,
             ..Stat::default()
         };
-        assert_eq!(IncarnationKey::of(ExportId(1), &stat), None);
-        let stat = Stat {
+        let dated = Stat {
             birth: Some(at(3, 4)),
-            ..stat
+            ..undated
         };
-        assert_eq!(
-            IncarnationKey::of(ExportId(1), &stat),
-            Some(IncarnationKey {
-                export: ExportId(1),
-                device: (0, 0),
-                inode: 9,
-                birth: at(3, 4)
-            })
-        );
+        let expected = |birth| IncarnationKey {
+            export: ExportId(1),
+            device: (0, 0),
+            inode: 9,
+            birth,
+        };
+        let table = [
+            // (stat, incarnation, key)
+            (undated, Incarnation::Untracked, None),
+            (dated, Incarnation::Untracked, None),
+            // No birth time where one is needed: no key, no caching.
+            (undated, Incarnation::BirthTime, None),
+            (
+                dated,
+                Incarnation::BirthTime,
+                Some(expected(Some(at(3, 4)))),
+            ),
+            // The inode number is enough, whatever the birth time says.
+            (undated, Incarnation::InodeNumber, Some(expected(None))),
+            (dated, Incarnation::InodeNumber, Some(expected(None))),
+        ];
+        for (stat, incarnation, key) in table {
+            assert_eq!(
+                IncarnationKey::of(ExportId(1), &stat, incarnation),
+                key,
+                "{incarnation:?}, birth {:?}",
+                stat.birth
+            );
+        }
+    }
+
+    #[test]
+    fn inode_number_keys_are_admitted_at_once() {
+        let cache = HandleCache::new(16);
+        let stat = Stat {
+            ino: 0x1234_5678_9abc_def0,
+            birth: Some(at(100, 0)),
+            ..Stat::default()
+        };
+        let key = IncarnationKey::of(ExportId(7), &stat, Incarnation::InodeNumber).unwrap();
+        // Born "now", or with a clock reading before the birth (another node's clock ahead).
+        assert!(cache.admits(&key, at(100, 0)));
+        assert!(cache.insert(key, &[4; 24], at(50, 0)));
+        assert_eq!(cache.get(&key).unwrap().as_bytes(), &[4; 24]);
+        // The birth-time key of the same inode stays a miss until stored in its own right.
+        let dated = IncarnationKey::of(ExportId(7), &stat, Incarnation::BirthTime).unwrap();
+        assert_eq!(cache.get(&dated), None);
+        assert!(!cache.insert(dated, &[5; 24], at(100, 0)));
     }
 
     #[test]

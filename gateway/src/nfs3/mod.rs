@@ -27,6 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 use crate::creds::{self, Identity};
+use crate::handle::Incarnation;
 use crate::handle::{FileHandle, HandleError};
 use crate::handle_cache::{self, CachedHandle, HandleCache, IncarnationKey};
 use crate::rpc::Call;
@@ -97,14 +98,34 @@ fn handle_of(export: &Export, fd: BorrowedFd<'_>) -> OpResult<Vec<u8>> {
     Ok(export.handle_for(object))
 }
 
-/// The handle cache of `export`'s objects, with the clock reading its admission rule needs:
-/// `None` when the export's resolver does not allow caching. Take it before the `statx` whose
-/// key will be stored ([`handle_cache`] module documentation).
-fn cache_for<'s>(service: &'s Service, export: &Export) -> Option<(&'s HandleCache, sys::Time)> {
-    export
-        .resolver
-        .ids_follow_incarnation()
-        .then(|| (&service.handle_cache, handle_cache::now()))
+/// The handle cache as one call uses it for the objects of one export.
+#[derive(Clone, Copy)]
+struct CacheUse<'s> {
+    cache: &'s HandleCache,
+    /// The clock reading the admission rule needs: taken before the `statx` (or while holding
+    /// the descriptor) whose key will be stored.
+    now: sys::Time,
+    incarnation: Incarnation,
+}
+
+impl CacheUse<'_> {
+    /// The key of an object of `export` described by `stat`, if the cache may hold it.
+    fn key(&self, export: &Export, stat: &Stat) -> Option<IncarnationKey> {
+        IncarnationKey::of(export.id, stat, self.incarnation)
+            .filter(|key| self.cache.admits(key, self.now))
+    }
+}
+
+/// The handle cache of `export`'s objects: `None` when the export's resolver does not allow
+/// caching. Take it before the `statx` whose key will be stored, or while the object's
+/// descriptor is held ([`handle_cache`] module documentation).
+fn cache_for<'s>(service: &'s Service, export: &Export) -> Option<CacheUse<'s>> {
+    let incarnation = export.resolver.incarnation();
+    (incarnation != Incarnation::Untracked).then(|| CacheUse {
+        cache: &service.handle_cache,
+        now: handle_cache::now(),
+        incarnation,
+    })
 }
 
 /// The handle of `fd`, whose attributes `stat` were read from the same descriptor, from the
@@ -114,19 +135,16 @@ fn cached_handle_of(
     export: &Export,
     fd: BorrowedFd<'_>,
     stat: &Stat,
-    cache: Option<(&HandleCache, sys::Time)>,
+    cache: Option<CacheUse<'_>>,
 ) -> OpResult<Vec<u8>> {
-    let Some((cache, now)) = cache else {
+    let Some((cache, key)) = cache.and_then(|cache| Some((cache, cache.key(export, stat)?))) else {
         return handle_of(export, fd);
     };
-    let Some(key) = IncarnationKey::of(export.id, stat) else {
-        return handle_of(export, fd);
-    };
-    if let Some(handle) = cache.get(&key) {
+    if let Some(handle) = cache.cache.get(&key) {
         return Ok(handle.as_bytes().to_vec());
     }
     let handle = handle_of(export, fd)?;
-    cache.insert(key, &handle, now);
+    cache.cache.insert(key, &handle, cache.now);
     Ok(handle)
 }
 
@@ -792,8 +810,13 @@ impl Context<'_> {
                         }
                         Err(error) => return Err(Status::from_io(&error)),
                     };
+                    // Taken while the new file is open: it is alive after this reading.
+                    let cache = cache_for(self.service, dir.export);
                     let stat = sys::fstat(fd.as_fd()).map_err(|e| Status::from_io(&e))?;
-                    Ok((handle_of(dir.export, fd.as_fd())?, stat))
+                    Ok((
+                        cached_handle_of(dir.export, fd.as_fd(), &stat, cache)?,
+                        stat,
+                    ))
                 })
             });
         self.created(&dir, outcome, encoder);
@@ -856,8 +879,12 @@ impl Context<'_> {
                     if !attributes.is_empty() {
                         apply_attributes(fd.as_fd(), &stat, &attributes, &identity)?;
                     }
+                    let cache = cache_for(self.service, dir.export);
                     let stat = sys::fstat(fd.as_fd()).map_err(io)?;
-                    Ok((handle_of(dir.export, fd.as_fd())?, stat))
+                    Ok((
+                        cached_handle_of(dir.export, fd.as_fd(), &stat, cache)?,
+                        stat,
+                    ))
                 })
             });
         self.created(&dir, outcome, encoder);
@@ -1124,7 +1151,7 @@ fn list_directory(
     dir_handle: &[u8],
     cookie: u64,
     maxcount: u32,
-    plus: Option<Option<(&HandleCache, sys::Time)>>,
+    plus: Option<Option<CacheUse<'_>>>,
 ) -> OpResult<(Vec<u8>, bool)> {
     let export = dir.export;
     let fsid = export.fsid();
@@ -1208,7 +1235,7 @@ fn entry_attributes(
     opened: &OwnedFd,
     dir_handle: &[u8],
     name: &std::ffi::CStr,
-    cache: Option<(&HandleCache, sys::Time)>,
+    cache: Option<CacheUse<'_>>,
 ) -> (Option<Stat>, Option<CachedHandle>) {
     let export = dir.export;
     match name.to_bytes() {
@@ -1232,11 +1259,10 @@ fn entry_attributes(
     if stat.mount_id != export.root_stat.mount_id {
         return (None, None);
     }
-    if let Some((cache, now)) = cache
-        && let Some(key) = IncarnationKey::of(export.id, &stat)
-        && cache.admits(&key, now)
+    if let Some(cache) = cache
+        && let Some(key) = cache.key(export, &stat)
     {
-        if let Some(handle) = cache.get(&key) {
+        if let Some(handle) = cache.cache.get(&key) {
             return (Some(stat), Some(handle));
         }
         // A miss the cache may keep: read the handle and the key from one descriptor (two
@@ -1246,9 +1272,9 @@ fn entry_attributes(
         {
             let handle = export.handle_for(object);
             if let Ok(again) = sys::fstat(fd.as_fd())
-                && IncarnationKey::of(export.id, &again) == Some(key)
+                && cache.key(export, &again) == Some(key)
             {
-                cache.insert(key, &handle, now);
+                cache.cache.insert(key, &handle, cache.now);
             }
             return (Some(stat), CachedHandle::new(&handle));
         }
