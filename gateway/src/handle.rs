@@ -235,6 +235,44 @@ pub enum HandleError {
     Forged,
 }
 
+/// Sealed handle bytes, at most [`MAX_HANDLE`], kept without an allocation (READDIRPLUS makes
+/// one per entry, and the handle cache stores them).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HandleBytes {
+    length: u8,
+    bytes: [u8; MAX_HANDLE],
+}
+
+impl HandleBytes {
+    /// `None` when `handle` is longer than [`MAX_HANDLE`].
+    pub fn new(handle: &[u8]) -> Option<Self> {
+        let mut bytes = [0; MAX_HANDLE];
+        bytes.get_mut(..handle.len())?.copy_from_slice(handle);
+        Some(HandleBytes {
+            length: u8::try_from(handle.len()).ok()?,
+            bytes,
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.length)]
+    }
+}
+
+impl std::ops::Deref for HandleBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl fmt::Debug for HandleBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HandleBytes({} bytes)", self.length)
+    }
+}
+
 /// A decoded, authenticated handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileHandle {
@@ -245,17 +283,28 @@ pub struct FileHandle {
 
 impl FileHandle {
     /// The handle's wire bytes, sealed with `key`.
-    pub fn encode(&self, key: &HandleKey) -> Vec<u8> {
+    pub fn seal(&self, key: &HandleKey) -> HandleBytes {
         let object = self.object.as_bytes();
-        let mut bytes = Vec::with_capacity(HEADER_LENGTH + object.len() + MAC_LENGTH);
-        bytes.push(HANDLE_VERSION);
-        bytes.push(self.scheme);
-        bytes.extend_from_slice(&self.export.0.to_be_bytes());
-        bytes.push(self.object.length);
-        bytes.extend_from_slice(object);
-        let mac = key.seal(&bytes);
-        bytes.extend_from_slice(&mac);
-        bytes
+        let sealed = HEADER_LENGTH + object.len();
+        let mut handle = HandleBytes {
+            // At most 11 + MAX_OBJECT_ID + 8 = MAX_HANDLE.
+            length: (sealed + MAC_LENGTH) as u8,
+            bytes: [0; MAX_HANDLE],
+        };
+        let bytes = &mut handle.bytes;
+        bytes[0] = HANDLE_VERSION;
+        bytes[1] = self.scheme;
+        bytes[2..10].copy_from_slice(&self.export.0.to_be_bytes());
+        bytes[10] = self.object.length;
+        bytes[HEADER_LENGTH..sealed].copy_from_slice(object);
+        let mac = key.seal(&bytes[..sealed]);
+        bytes[sealed..sealed + MAC_LENGTH].copy_from_slice(&mac);
+        handle
+    }
+
+    /// [`FileHandle::seal`] as a `Vec`.
+    pub fn encode(&self, key: &HandleKey) -> Vec<u8> {
+        self.seal(key).as_bytes().to_vec()
     }
 
     /// Parses and authenticates handle bytes from the wire. Never panics.
@@ -468,10 +517,11 @@ pub struct KernelResolver {
 
 /// Kernel object id: the handle type (4 bytes) followed by the kernel's handle bytes.
 fn kernel_object_id(handle: &sys::KernelHandle) -> Option<ObjectId> {
-    let mut bytes = Vec::with_capacity(4 + handle.bytes.len());
-    bytes.extend_from_slice(&handle.handle_type.to_be_bytes());
-    bytes.extend_from_slice(&handle.bytes);
-    ObjectId::new(&bytes)
+    let bytes = handle.bytes();
+    let mut id = [0u8; MAX_OBJECT_ID];
+    id[..4].copy_from_slice(&handle.handle_type.to_be_bytes());
+    id.get_mut(4..4 + bytes.len())?.copy_from_slice(bytes);
+    ObjectId::new(&id[..4 + bytes.len()])
 }
 
 impl KernelResolver {
@@ -501,7 +551,7 @@ impl KernelResolver {
             return Err(ResolverError::TooLong {
                 path: path.to_owned(),
                 filesystem,
-                length: handle.bytes.len(),
+                length: handle.bytes().len(),
             });
         }
         // `open_by_handle_at` wants a real descriptor on the file system, not an `O_PATH` one.
@@ -509,7 +559,7 @@ impl KernelResolver {
         let reopened = sys::open_by_handle(
             mount.as_fd(),
             handle.handle_type,
-            &handle.bytes,
+            handle.bytes(),
             libc::O_PATH,
         )
         .map_err(|source| ResolverError::CannotOpen {

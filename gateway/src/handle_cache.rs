@@ -55,7 +55,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::export::ExportId;
-use crate::handle::{Incarnation, MAX_HANDLE};
+#[cfg(test)]
+use crate::handle::MAX_HANDLE;
+use crate::handle::{HandleBytes, Incarnation};
 use crate::sys::{Stat, Time};
 
 /// How far in the past a birth time must lie, relative to a clock reading taken before the
@@ -91,35 +93,6 @@ impl IncarnationKey {
             inode: stat.ino,
             birth,
         })
-    }
-}
-
-/// Handle bytes as stored: at most [`MAX_HANDLE`].
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct CachedHandle {
-    length: u8,
-    bytes: [u8; MAX_HANDLE],
-}
-
-impl CachedHandle {
-    /// `None` when `handle` is longer than [`MAX_HANDLE`].
-    pub fn new(handle: &[u8]) -> Option<Self> {
-        let mut bytes = [0; MAX_HANDLE];
-        bytes.get_mut(..handle.len())?.copy_from_slice(handle);
-        Some(CachedHandle {
-            length: u8::try_from(handle.len()).ok()?,
-            bytes,
-        })
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.length)]
-    }
-}
-
-impl std::fmt::Debug for CachedHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CachedHandle({} bytes)", self.length)
     }
 }
 
@@ -178,7 +151,7 @@ impl std::hash::Hasher for IncarnationHasher {
 }
 
 type IncarnationMap =
-    HashMap<IncarnationKey, CachedHandle, std::hash::BuildHasherDefault<IncarnationHasher>>;
+    HashMap<IncarnationKey, HandleBytes, std::hash::BuildHasherDefault<IncarnationHasher>>;
 
 #[derive(Debug)]
 struct Generations {
@@ -237,7 +210,7 @@ impl HandleCache {
     }
 
     /// The cached handle of `key`, if any.
-    pub fn get(&self, key: &IncarnationKey) -> Option<CachedHandle> {
+    pub fn get(&self, key: &IncarnationKey) -> Option<HandleBytes> {
         let mut generations = self.lock();
         if let Some(handle) = generations.current.get(key) {
             return Some(*handle);
@@ -254,7 +227,7 @@ impl HandleCache {
         if !self.admits(&key, now) {
             return false;
         }
-        let Some(handle) = CachedHandle::new(handle) else {
+        let Some(handle) = HandleBytes::new(handle) else {
             return false;
         };
         let mut generations = self.lock();
@@ -263,7 +236,7 @@ impl HandleCache {
         true
     }
 
-    fn store(&self, generations: &mut Generations, key: IncarnationKey, handle: CachedHandle) {
+    fn store(&self, generations: &mut Generations, key: IncarnationKey, handle: HandleBytes) {
         if generations.current.len() >= self.generation_size
             && !generations.current.contains_key(&key)
         {

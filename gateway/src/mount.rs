@@ -188,7 +188,7 @@ fn mount(service: &Service, connection: &Connection, path: &[u8]) -> Result<Vec<
         .resolver
         .object_id(fd.as_fd())
         .map_err(|_| MountStatus::Acces)?;
-    Ok(export.handle_for(object))
+    Ok(export.handle_for(object).to_vec())
 }
 
 /// How DUMP names a client: the machine name it sent, else its address.

@@ -93,13 +93,13 @@ impl Export {
     }
 
     /// The sealed NFS handle of an object of this export.
-    pub fn handle_for(&self, object: crate::handle::ObjectId) -> Vec<u8> {
+    pub fn handle_for(&self, object: crate::handle::ObjectId) -> crate::handle::HandleBytes {
         FileHandle {
             scheme: self.resolver.scheme(),
             export: self.id,
             object,
         }
-        .encode(&self.key)
+        .seal(&self.key)
     }
 }
 

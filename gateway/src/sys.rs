@@ -97,7 +97,8 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelHandle {
     pub handle_type: i32,
-    pub bytes: Vec<u8>,
+    length: usize,
+    buffer: [u8; MAX_KERNEL_HANDLE],
     /// The mount the object was found on (not part of the handle: it differs between nodes).
     pub mount_id: i32,
 }
@@ -140,9 +141,17 @@ pub fn name_to_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<KernelHand
         .min(MAX_KERNEL_HANDLE);
     Ok(KernelHandle {
         handle_type: buffer.handle_type,
-        bytes: buffer.f_handle[..length].to_vec(),
+        length,
+        buffer: buffer.f_handle,
         mount_id,
     })
+}
+
+impl KernelHandle {
+    /// The handle bytes (`f_handle`).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buffer[..self.length]
+    }
 }
 
 /// `open_by_handle_at(mount, handle, flags)`; needs `CAP_DAC_READ_SEARCH`.

@@ -27,9 +27,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 use crate::creds::{self, Identity};
-use crate::handle::Incarnation;
 use crate::handle::{FileHandle, HandleError};
-use crate::handle_cache::{self, CachedHandle, HandleCache, IncarnationKey};
+use crate::handle::{HandleBytes, Incarnation, MAX_HANDLE};
+use crate::handle_cache::{self, HandleCache, IncarnationKey};
 use crate::rpc::Call;
 use crate::service::{Connection, Export, ProcError, Service};
 use crate::sys::{self, SetTime, Stat, Time};
@@ -90,7 +90,7 @@ fn resolve<'s>(
 }
 
 /// The handle of an object found inside `export`.
-fn handle_of(export: &Export, fd: BorrowedFd<'_>) -> OpResult<Vec<u8>> {
+fn handle_of(export: &Export, fd: BorrowedFd<'_>) -> OpResult<HandleBytes> {
     let object = export
         .resolver
         .object_id(fd)
@@ -136,12 +136,12 @@ fn cached_handle_of(
     fd: BorrowedFd<'_>,
     stat: &Stat,
     cache: Option<CacheUse<'_>>,
-) -> OpResult<Vec<u8>> {
+) -> OpResult<HandleBytes> {
     let Some((cache, key)) = cache.and_then(|cache| Some((cache, cache.key(export, stat)?))) else {
         return handle_of(export, fd);
     };
     if let Some(handle) = cache.cache.get(&key) {
-        return Ok(handle.as_bytes().to_vec());
+        return Ok(handle);
     }
     let handle = handle_of(export, fd)?;
     cache.cache.insert(key, &handle, cache.now);
@@ -715,7 +715,7 @@ impl Context<'_> {
     fn created(
         &self,
         dir: &Object<'_>,
-        outcome: OpResult<(Vec<u8>, Stat)>,
+        outcome: OpResult<(HandleBytes, Stat)>,
         encoder: &mut Encoder<'_>,
     ) {
         let after = sys::fstat(dir.fd.as_fd()).ok();
@@ -1159,7 +1159,9 @@ fn list_directory(
     // Fixed parts of the reply: status, dir attributes, verifier, final FALSE and eof.
     let overhead = 4 + wire::POST_OP_ATTR_SIZE + 8 + 4 + 4;
     let budget = (maxcount.min(MAX_DIR_REPLY) as usize).saturating_sub(overhead);
-    let mut entries = Vec::with_capacity(budget.min(64 * 1024));
+    // Entries are encoded in place; the one that does not fit is cut off again, so room for
+    // one more than the budget means no reallocation.
+    let mut entries = Vec::with_capacity(budget.min(64 * 1024) + MAX_ENTRY);
     let mut buffer = vec![0u8; DIRENT_BUFFER];
     // Directory records read but not used cost the file system's iteration for nothing (a
     // third of a READDIRPLUS listing's time on tmpfs, measured), so each `getdents64` asks for
@@ -1170,7 +1172,6 @@ fn list_directory(
     let guess_ratio = if plus.is_some() { 5 } else { 1 };
     let mut position = cookie;
     let mut count = 0usize;
-    let mut encoded = Vec::with_capacity(256);
     loop {
         let remaining = budget.saturating_sub(entries.len());
         let wanted = match remaining.checked_mul(records_used) {
@@ -1187,8 +1188,8 @@ fn list_directory(
             return Ok((entries, true));
         }
         for entry in sys::dirents(&buffer[..filled]) {
-            encoded.clear();
-            let encoder = &mut Encoder::new(&mut encoded);
+            let start = entries.len();
+            let encoder = &mut Encoder::new(&mut entries);
             encoder.bool(true);
             let name = entry.name.to_bytes();
             // `..` of the export root is the root itself: nothing outside is ever named.
@@ -1203,22 +1204,26 @@ fn list_directory(
             if let Some(cache) = plus {
                 let (stat, handle) = entry_attributes(dir, opened, dir_handle, entry.name, cache);
                 wire::post_op_attr(encoder, stat.as_ref(), fsid);
-                wire::post_op_fh3(encoder, handle.as_ref().map(CachedHandle::as_bytes));
+                wire::post_op_fh3(encoder, handle.as_ref().map(HandleBytes::as_bytes));
             }
-            if entries.len() + encoded.len() > budget {
+            if entries.len() > budget {
                 if count == 0 {
                     return Err(Status::TooSmall);
                 }
+                entries.truncate(start);
                 return Ok((entries, false));
             }
-            entries.extend_from_slice(&encoded);
             records_used += entry.record_length;
-            encoded_used += encoded.len();
+            encoded_used += entries.len() - start;
             count += 1;
             position = entry.next_offset;
         }
     }
 }
+
+/// The largest encoded directory entry: TRUE, file id, a 255-byte name, cookie, attributes and
+/// a handle.
+const MAX_ENTRY: usize = 4 + 8 + 4 + 256 + 8 + wire::POST_OP_ATTR_SIZE + 4 + 4 + MAX_HANDLE;
 
 /// The largest `getdents64` read of one READDIR(PLUS) batch.
 const DIRENT_BUFFER: usize = 32 * 1024;
@@ -1236,18 +1241,13 @@ fn entry_attributes(
     dir_handle: &[u8],
     name: &std::ffi::CStr,
     cache: Option<CacheUse<'_>>,
-) -> (Option<Stat>, Option<CachedHandle>) {
+) -> (Option<Stat>, Option<HandleBytes>) {
     let export = dir.export;
     match name.to_bytes() {
-        b"." => return (Some(dir.stat), CachedHandle::new(dir_handle)),
+        b"." => return (Some(dir.stat), HandleBytes::new(dir_handle)),
         b".." => {
             return match parent_of(dir) {
-                Ok((fd, stat)) => (
-                    Some(stat),
-                    handle_of(export, fd.as_fd())
-                        .ok()
-                        .and_then(|handle| CachedHandle::new(&handle)),
-                ),
+                Ok((fd, stat)) => (Some(stat), handle_of(export, fd.as_fd()).ok()),
                 Err(_) => (None, None),
             };
         }
@@ -1276,14 +1276,14 @@ fn entry_attributes(
             {
                 cache.cache.insert(key, &handle, cache.now);
             }
-            return (Some(stat), CachedHandle::new(&handle));
+            return (Some(stat), Some(handle));
         }
     }
     let handle = export
         .resolver
         .object_id_at(opened.as_fd(), name)
         .ok()
-        .and_then(|object| CachedHandle::new(&export.handle_for(object)));
+        .map(|object| export.handle_for(object));
     (Some(stat), handle)
 }
 
