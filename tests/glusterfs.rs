@@ -644,10 +644,10 @@ fn gfid_handles_are_cached_from_creation_on() {
 
     let mut rpc = Rpc::connect(address);
     let root = rpc.mount("/demo");
-    let before = service.cached_handles();
+    let before = service.handle_cache().len();
     let created = rpc.create_and_write(&root, "created", b"new");
     assert_eq!(
-        service.cached_handles(),
+        service.handle_cache().len(),
         before + 1,
         "CREATE stores the new file's handle"
     );
@@ -655,7 +655,7 @@ fn gfid_handles_are_cached_from_creation_on() {
     assert_eq!(listed.len(), ELSEWHERE + 3, "{listed:?}");
     assert_eq!(listed["created"], created);
     // `.` and `..` are the directory's own handles; every other entry is now cached.
-    assert_eq!(service.cached_handles(), before + 1 + ELSEWHERE);
+    assert_eq!(service.handle_cache().len(), before + 1 + ELSEWHERE);
     for (name, handle) in &listed {
         if !name.starts_with('.') {
             assert_eq!(
@@ -670,7 +670,7 @@ fn gfid_handles_are_cached_from_creation_on() {
         listed,
         "listed again, from the cache"
     );
-    assert_eq!(service.cached_handles(), before + 1 + ELSEWHERE);
+    assert_eq!(service.handle_cache().len(), before + 1 + ELSEWHERE);
 
     shutdown.cancel();
     drop(rpc);

@@ -371,8 +371,13 @@ pub enum Incarnation {
     Untracked,
     /// (device, inode number, birth time): an inode number may be reused, by a later
     /// incarnation with a later birth time, so entries are admitted only for objects born well
-    /// before a moment they were seen alive (the cache's margin). Kernel handles.
+    /// before a moment they were seen alive (the cache's margin, which covers other nodes'
+    /// clocks). Kernel handles of shared file systems (CephFS and the like).
     BirthTime,
+    /// As [`Incarnation::BirthTime`], on a local file system (tmpfs, ext4, xfs, btrfs), whose
+    /// birth times are stamped by this machine's kernel clock: an object is admitted once that
+    /// clock has moved past its birth, a few milliseconds later.
+    LocalBirthTime,
     /// (device, inode number): the inode number is itself part of the id, and ids are never
     /// reused, so it names one incarnation from birth on. GlusterFS, where `st_ino` is 64 bits
     /// of the object's random, never reused GFID.
@@ -462,6 +467,14 @@ pub fn filesystem_name(magic: i64) -> String {
     name.to_owned()
 }
 
+/// Whether a file system of this `statfs` magic is a local one that stamps birth times with this
+/// machine's kernel clock when it creates an inode (`inode_set_ctime_current`, the birth time
+/// copied from it): ext4, xfs, btrfs and tmpfs. Shared file systems (CephFS, NFS, anything
+/// unknown) stamp them with some node's clock, or their servers'.
+pub fn stamps_with_local_clock(magic: i64) -> bool {
+    matches!(magic, 0xef53 | 0x5846_5342 | 0x9123_683e | 0x0102_1994)
+}
+
 /// The kinds of [`ObjectResolver`] the gateway has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResolverKind {
@@ -513,6 +526,8 @@ pub struct KernelResolver {
     mount: OwnedFd,
     /// The mount id the export lives on; objects on other mounts get no handle.
     mount_id: i32,
+    /// Whether the file system stamps birth times with this machine's clock.
+    local_clock: bool,
 }
 
 /// Kernel object id: the handle type (4 bytes) followed by the kernel's handle bytes.
@@ -576,6 +591,7 @@ impl KernelResolver {
         Ok(KernelResolver {
             mount,
             mount_id: handle.mount_id,
+            local_clock: stamps_with_local_clock(statfs.magic),
         })
     }
 
@@ -604,7 +620,11 @@ impl ObjectResolver for KernelResolver {
     /// `AT_HANDLE_CONNECTABLE` (never asked for) they do not encode the parent or the name.
     /// Inode numbers are reused, so the birth time tells incarnations apart.
     fn incarnation(&self) -> Incarnation {
-        Incarnation::BirthTime
+        if self.local_clock {
+            Incarnation::LocalBirthTime
+        } else {
+            Incarnation::BirthTime
+        }
     }
 
     fn open(&self, id: &ObjectId) -> io::Result<OwnedFd> {
@@ -833,6 +853,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("fuse.sshfs"), "{message}");
+    }
+
+    #[test]
+    fn only_local_file_systems_stamp_with_this_machine_s_clock() {
+        for (magic, local) in [
+            (0xef53, true),       // ext4
+            (0x5846_5342, true),  // xfs
+            (0x9123_683e, true),  // btrfs
+            (0x0102_1994, true),  // tmpfs
+            (0x00c3_6400, false), // ceph: the creating client's clock
+            (0x6969, false),      // nfs: the server's
+            (0x6573_5546, false), // fuse
+            (0x1234, false),      // unknown
+        ] {
+            assert_eq!(stamps_with_local_clock(magic), local, "{magic:#x}");
+        }
     }
 
     #[test]

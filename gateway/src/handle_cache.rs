@@ -25,7 +25,15 @@
 //! after the cached one — a different birth time, a different key. The
 //! margin covers the coarse timestamp clock (file systems stamp times with a clock that ticks
 //! every few milliseconds), the clock skew between the nodes that create files on a shared
-//! volume, and small clock steps. A file system that reports no birth time gets no key, so no
+//! volume, and small clock steps.
+//!
+//! On a **local file system** (tmpfs, ext4, xfs, btrfs: [`Incarnation::LocalBirthTime`]) every
+//! birth time is stamped by this machine's kernel, from the coarse clock that `now` reads
+//! (`CLOCK_REALTIME_COARSE`; a birth may be later than that clock, never earlier), so no margin
+//! is needed: an object is admitted once `now` is past its birth, however little
+//! ([`LOCAL_CLOCK_MARGIN`]). A later incarnation is born after `now` was read, so it is stamped
+//! at least `now`, which is after the cached birth time. Files are then cached a tick or two
+//! after they were made, where a shared volume waits a second. A file system that reports no birth time gets no key, so no
 //! caching at all, and a resolver whose ids are not a function of the incarnation
 //! ([`crate::handle::ObjectResolver::incarnation`] is [`Incarnation::Untracked`]) is never
 //! cached either.
@@ -58,7 +66,7 @@
 //! [`DEFAULT_CAPACITY`] of 64 Ki handles takes about 9 MB.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::export::ExportId;
 #[cfg(test)]
@@ -69,6 +77,10 @@ use crate::sys::{Stat, Time};
 /// How far in the past a birth time must lie, relative to a clock reading taken before the
 /// `statx`, for its entry to be cached (module documentation).
 pub const BIRTH_MARGIN: Duration = Duration::from_secs(1);
+
+/// The margin of birth times stamped by this machine's clock: any, as long as the clock has
+/// moved past them (module documentation).
+pub const LOCAL_CLOCK_MARGIN: Duration = Duration::from_nanos(1);
 
 /// The default number of cached handles: at most about 15 MB (113 bytes a bucket, and each
 /// generation's table has up to twice as many buckets as entries).
@@ -82,6 +94,9 @@ pub struct IncarnationKey {
     inode: u64,
     /// `None` when the inode number alone names the incarnation ([`Incarnation::InodeNumber`]).
     birth: Option<Time>,
+    /// Whether the birth time was stamped by this machine's clock
+    /// ([`Incarnation::LocalBirthTime`]).
+    local_clock: bool,
 }
 
 impl IncarnationKey {
@@ -90,7 +105,7 @@ impl IncarnationKey {
     pub fn of(export: ExportId, stat: &Stat, incarnation: Incarnation) -> Option<Self> {
         let birth = match incarnation {
             Incarnation::Untracked => return None,
-            Incarnation::BirthTime => Some(stat.birth?),
+            Incarnation::BirthTime | Incarnation::LocalBirthTime => Some(stat.birth?),
             Incarnation::InodeNumber => None,
         };
         Some(IncarnationKey {
@@ -98,19 +113,15 @@ impl IncarnationKey {
             device: (stat.dev_major, stat.dev_minor),
             inode: stat.ino,
             birth,
+            local_clock: incarnation == Incarnation::LocalBirthTime,
         })
     }
 }
 
-/// A clock reading, in the file system's time representation.
+/// A clock reading, in the file system's time representation: `CLOCK_REALTIME_COARSE`, the
+/// clock the kernel stamps file times with (module documentation).
 pub fn now() -> Time {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Time {
-        seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
-        nanoseconds: since_epoch.subsec_nanos(),
-    }
+    crate::sys::coarse_realtime()
 }
 
 /// Whether an object born at `birth` may be cached, given a clock reading `now` taken before
@@ -284,8 +295,13 @@ impl HandleCache {
     /// such keys can be in the cache, so others need not be looked up either). A key without
     /// a birth time names its incarnation by itself: always.
     pub fn admits(&self, key: &IncarnationKey, now: Time) -> bool {
-        key.birth
-            .is_none_or(|birth| admissible(birth, now, self.margin))
+        let margin = if key.local_clock {
+            // The clock has ticked past the birth.
+            LOCAL_CLOCK_MARGIN
+        } else {
+            self.margin
+        };
+        key.birth.is_none_or(|birth| admissible(birth, now, margin))
     }
 
     /// The cached handle of `key`, if any.
@@ -357,6 +373,7 @@ mod tests {
             device: (0, 42),
             inode,
             birth: Some(birth),
+            local_clock: false,
         }
     }
 
@@ -433,11 +450,12 @@ mod tests {
             birth: Some(at(3, 4)),
             ..undated
         };
-        let expected = |birth| IncarnationKey {
+        let expected = |birth, local_clock| IncarnationKey {
             export: ExportId(1),
             device: (0, 0),
             inode: 9,
             birth,
+            local_clock,
         };
         let table = [
             // (stat, incarnation, key)
@@ -445,14 +463,24 @@ mod tests {
             (dated, Incarnation::Untracked, None),
             // No birth time where one is needed: no key, no caching.
             (undated, Incarnation::BirthTime, None),
+            (undated, Incarnation::LocalBirthTime, None),
             (
                 dated,
                 Incarnation::BirthTime,
-                Some(expected(Some(at(3, 4)))),
+                Some(expected(Some(at(3, 4)), false)),
+            ),
+            (
+                dated,
+                Incarnation::LocalBirthTime,
+                Some(expected(Some(at(3, 4)), true)),
             ),
             // The inode number is enough, whatever the birth time says.
-            (undated, Incarnation::InodeNumber, Some(expected(None))),
-            (dated, Incarnation::InodeNumber, Some(expected(None))),
+            (
+                undated,
+                Incarnation::InodeNumber,
+                Some(expected(None, false)),
+            ),
+            (dated, Incarnation::InodeNumber, Some(expected(None, false))),
         ];
         for (stat, incarnation, key) in table {
             assert_eq!(
@@ -462,6 +490,49 @@ mod tests {
                 stat.birth
             );
         }
+    }
+
+    #[test]
+    fn local_clock_births_are_admitted_once_the_clock_has_passed_them() {
+        let cache = HandleCache::new(16);
+        let stat = |birth| Stat {
+            ino: 5,
+            birth: Some(birth),
+            ..Stat::default()
+        };
+        let local = |birth| {
+            IncarnationKey::of(ExportId(7), &stat(birth), Incarnation::LocalBirthTime).unwrap()
+        };
+        let shared =
+            |birth| IncarnationKey::of(ExportId(7), &stat(birth), Incarnation::BirthTime).unwrap();
+        let table = [
+            // (birth, clock reading, admitted on a local file system, on a shared one)
+            (at(100, 0), at(100, 0), false, false),
+            (at(100, 0), at(100, 1), true, false),
+            (at(100, 4_000_000), at(100, 8_000_000), true, false),
+            (at(100, 0), at(101, 0), true, true),
+            // Born "after" the reading (a fine-grained stamp ahead of the coarse clock).
+            (at(100, 5), at(100, 4), false, false),
+        ];
+        for (birth, now, on_local, on_shared) in table {
+            assert_eq!(
+                cache.admits(&local(birth), now),
+                on_local,
+                "{birth:?} {now:?}"
+            );
+            assert_eq!(
+                cache.admits(&shared(birth), now),
+                on_shared,
+                "{birth:?} {now:?}"
+            );
+        }
+        // The reuse the rule excludes: incarnation one, born at 100.000, seen alive after a
+        // reading of 100.004 and cached; incarnation two, born after that reading, is stamped
+        // 100.004 or later: another key.
+        assert!(cache.insert(local(at(100, 0)), &[1; 20], at(100, 4_000_000)));
+        assert_eq!(cache.get(&local(at(100, 4_000_000))), None);
+        // The two notions of an incarnation never share entries.
+        assert_eq!(cache.get(&shared(at(100, 0))), None);
     }
 
     #[test]

@@ -261,11 +261,6 @@ impl Connection {
 }
 
 impl Service {
-    /// How many sealed handles the handle cache holds (tests and diagnostics).
-    pub fn cached_handles(&self) -> usize {
-        self.handle_cache.len()
-    }
-
     /// Opens and checks every export: the directory exists, its file system produces handles
     /// that open again (kernel handles, not on FUSE; or GlusterFS GFIDs through an
     /// `aux-gfid-mount`), and export ids are distinct.

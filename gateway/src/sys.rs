@@ -188,6 +188,23 @@ pub struct Time {
     pub nanoseconds: u32,
 }
 
+/// `clock_gettime(CLOCK_REALTIME_COARSE)`: the clock, updated once per kernel tick, that the
+/// kernel stamps file times with (`current_time`); a finer reading could be ahead of a
+/// timestamp the kernel stamps afterwards.
+pub fn coarse_realtime() -> Time {
+    let mut reading = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_REALTIME_COARSE exists on every kernel the gateway
+    // runs on (since 2.6.32), and on failure the zero reading admits nothing new.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut reading) };
+    Time {
+        seconds: reading.tv_sec,
+        nanoseconds: u32::try_from(reading.tv_nsec).unwrap_or(0),
+    }
+}
+
 /// The attributes of an object (from `statx`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stat {
