@@ -180,6 +180,12 @@ impl NfsServer {
                     .with_context(|| format!("cannot listen on portmap port {}", ports.portmap));
             }
         };
+        // Connections, calls in flight and the GFID resolver's kept descriptors all take
+        // descriptors; the soft limit (often 1,024) is raised to the hard one, as servers do.
+        match gateway::sys::raise_open_files_limit() {
+            Ok(limit) => tracing::debug!(limit, "descriptor limit"),
+            Err(error) => tracing::warn!(%error, "cannot raise the descriptor limit"),
+        }
         let service = Service::new(
             specs,
             ServiceOptions {

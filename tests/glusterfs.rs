@@ -612,7 +612,8 @@ fn gfid_handles_are_cached_from_creation_on() {
         return;
     }
     let lab = common::lab("gc", 1, 0);
-    let gluster = Gluster::start(&lab);
+    let mut gluster = Gluster::start(&lab);
+    let other = gluster.mount_other(&lab, "node1", None, false);
     let export = gluster.mount_of("node1").join("demo");
     std::fs::create_dir(&export).unwrap();
     const ELSEWHERE: usize = 20;
@@ -671,6 +672,17 @@ fn gfid_handles_are_cached_from_creation_on() {
         "listed again, from the cache"
     );
     assert_eq!(service.handle_cache().len(), before + 1 + ELSEWHERE);
+
+    // Deleted through another client of the volume (another node would be the same): the
+    // handle, opened and used just before, is stale from then on.
+    let gone = listed["made-0"].clone();
+    assert_eq!(rpc.getattr(&gone).0, 0);
+    std::fs::remove_file(other.join("demo/made-0")).unwrap();
+    std::fs::write(other.join("demo/made-0"), b"made again").unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || rpc.getattr(&gone).0 == 70),
+        "the deleted file's handle is not stale"
+    );
 
     shutdown.cancel();
     drop(rpc);
@@ -817,6 +829,246 @@ const BATCH: u64 = 4;
 
 /// Chunk `n` of the writer's file: its number in every 8 bytes, so a chunk written at the
 /// wrong place or a stale one is told apart.
+/// vipgate's gateway on node1's GlusterFS FUSE mount against NFS-Ganesha's GLUSTER FSAL
+/// (libgfapi, no FUSE) exporting the same volume from the same node, from the same client, in
+/// the same run (BENCHMARKS.md, "NFS on GlusterFS"; run by `tests/bench/glusterfs-nfs`).
+/// Ganesha is set up as the GlusterFS documentation sets it up for a cluster: its default
+/// caches, kept coherent by the volume's cache-invalidation upcalls. Prints one line per server,
+/// round and row, then the medians.
+#[test]
+#[ignore = "a measurement: run by tests/bench/glusterfs-nfs"]
+fn nfs_on_glusterfs_against_ganesha() {
+    if !can_run("nfs_on_glusterfs_against_ganesha") {
+        return;
+    }
+    let setting = |name: &str, default: &str| std::env::var(name).unwrap_or(default.to_owned());
+    let vipgate_bin = std::env::var("VIPGATE_BENCH_VIPGATE")
+        .expect("VIPGATE_BENCH_VIPGATE names a release build of vipgate");
+    let client_bin = std::env::var("VIPGATE_BENCH_CLIENT")
+        .expect("VIPGATE_BENCH_CLIENT names a release build of the nfs_bench example");
+    let rounds: usize = setting("VIPGATE_BENCH_ROUNDS", "3").parse().unwrap();
+    let files = setting("VIPGATE_BENCH_FILES", "500");
+    let mib: usize = setting("VIPGATE_BENCH_MIB", "64").parse().unwrap();
+
+    let lab = common::lab("gn", 3, 1);
+    let gluster = Gluster::start(&lab);
+    // GlusterFS's `metadata-cache` option group (its files are not in the lab's glusterd
+    // directory, so the options are set one by one): the tuning its documentation gives for
+    // NFS-Ganesha and Samba, which both servers get here.
+    for (key, value) in [
+        ("features.cache-invalidation", "on"),
+        ("features.cache-invalidation-timeout", "600"),
+        ("performance.stat-prefetch", "on"),
+        ("performance.cache-invalidation", "on"),
+        ("performance.md-cache-timeout", "600"),
+        ("network.inode-lru-limit", "200000"),
+    ] {
+        gluster.set_option(key, value);
+    }
+    let node1 = lab.host("node1").unwrap();
+    let netns = node1.netns.clone();
+    let server = node1.address(Network::Public, false).unwrap();
+    let cluster_address = node1.address(Network::Cluster, false).unwrap();
+    let mount = gluster.mount_of("node1").to_path_buf();
+    std::fs::create_dir(mount.join("bench")).unwrap();
+    let work = lab.host_dir("node1").join("bench");
+    std::fs::create_dir_all(work.join("state")).unwrap();
+    std::fs::write(
+        work.join("cluster.yaml"),
+        format!(
+            "cluster:\n  name: gnbench\n  secret: a benchmark secret that is long enough\n  \
+             data_dir: {state}\nnodes:\n  - name: node1\n    cluster_address: {cluster_address}\n    \
+             public_interfaces: [pub0]\npublic_addresses:\n  - address: 192.0.2.250/24\n\
+             volume:\n  path: {mount}\n  handles: auto\nnfs:\n  exports:\n    - name: data\n      \
+             path: bench\n      protocols: [3]\n      access: rw\n      squash: none\n      \
+             clients: [0.0.0.0/0]\n",
+            state = work.join("state").display(),
+            mount = mount.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("ganesha.conf"),
+        format!(
+            "NFS_CORE_PARAM {{ Protocols = 3; NFS_Port = 2050; MNT_Port = 20050; \
+             Enable_NLM = false; Enable_RQUOTA = false; Enable_UDP = false; \
+             Mount_Path_Pseudo = true; }}\nNFS_KRB5 {{ Active_krb5 = false; }}\n\
+             NFSv4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = {recovery}; }}\n\
+             EXPORT {{ Export_Id = 1; Path = \"/bench\"; Pseudo = /data; Protocols = 3; \
+             Transports = TCP; Access_Type = RW; Squash = No_Root_Squash; SecType = sys; \
+             FSAL {{ Name = GLUSTER; Hostname = \"{cluster_address}\"; Volume = \"{volume}\"; }} }}\n\
+             LOG {{ Default_Log_Level = WARN; }}\n",
+            recovery = work.join("recovery").display(),
+            volume = gluster::VOLUME,
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(work.join("recovery")).unwrap();
+
+    let in_node = |program: &str| {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &netns, program]);
+        command
+    };
+    let log = |name: &str| std::fs::File::create(work.join(name)).unwrap();
+    let mut children = Vec::new();
+    children.push(
+        in_node(&vipgate_bin)
+            .args(["nfs", "--config"])
+            .arg(work.join("cluster.yaml"))
+            .args(["--nfs-port", "2049", "--portmap-port", "1111"])
+            .stderr(log("vipgate.log"))
+            .spawn()
+            .unwrap(),
+    );
+    // Ganesha registers with an rpcbind of its own (it exits when it cannot register), whose
+    // socket and lock files live on a private /run.
+    children.push(
+        in_node("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs gn-run /run && exec rpcbind -f")
+            .stderr(log("rpcbind.log"))
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || in_node("rpcinfo")
+            .args(["-p", "127.0.0.1"])
+            .output()
+            .is_ok_and(|output| output.status.success())),
+        "rpcbind never came up"
+    );
+    children.push(
+        in_node("ganesha.nfsd")
+            .args(["-F", "-f"])
+            .arg(work.join("ganesha.conf"))
+            .arg("-L")
+            .arg(work.join("ganesha.log"))
+            .arg("-p")
+            .arg(work.join("ganesha.pid"))
+            .stderr(log("ganesha.out.log"))
+            .spawn()
+            .unwrap(),
+    );
+    let servers = [("vipgate", 2049u16, 2049u16), ("ganesha", 2050, 20050)];
+    for (name, nfs_port, _) in servers {
+        let address = SocketAddr::new(server, nfs_port);
+        assert!(
+            common::wait_until(Duration::from_secs(30), || netns::run_in(
+                &lab.host("client1").unwrap().netns,
+                || TcpStream::connect_timeout(&address, Duration::from_millis(300)).is_ok()
+            )
+            .unwrap_or(false)),
+            "{name} never answered on {address}: {}",
+            std::fs::read_to_string(work.join("ganesha.log")).unwrap_or_default()
+        );
+    }
+
+    let source = lab.host_dir("client1").join("source.bin");
+    let copy = lab.host_dir("client1").join("copy.bin");
+    let content: Vec<u8> = (0..mib * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&source, &content).unwrap();
+    let mut results: BTreeMap<(&str, String), Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (name, nfs_port, mount_port) in servers {
+            let url = |file: &str| {
+                format!("nfs://{server}/data/{file}?nfsport={nfs_port}&mountport={mount_port}")
+            };
+            let file = format!("{name}-{round}.bin");
+            for (row, from, to) in [
+                ("write", source.display().to_string(), url(&file)),
+                ("read", url(&file), copy.display().to_string()),
+            ] {
+                let _ = std::fs::remove_file(&copy);
+                let started = Instant::now();
+                let output = client(&lab, "nfs-cp", &[&from, &to]);
+                let seconds = started.elapsed().as_secs_f64();
+                assert!(
+                    output.status.success(),
+                    "{name} {row}: {}",
+                    describe(&output)
+                );
+                let rate = mib as f64 / seconds;
+                println!("{name} round {round} {row} {rate:.1} MiB/s");
+                results
+                    .entry((name, row.to_owned()))
+                    .or_default()
+                    .push(rate);
+            }
+            assert!(
+                std::fs::read(&copy).unwrap() == content,
+                "{name}: the copy differs"
+            );
+            let output = client(
+                &lab,
+                &client_bin,
+                &[
+                    "meta",
+                    "--server",
+                    &server.to_string(),
+                    "--nfs-port",
+                    &nfs_port.to_string(),
+                    "--mount-port",
+                    &mount_port.to_string(),
+                    "--export",
+                    "/data",
+                    "--dir",
+                    &format!("meta-{name}-{round}"),
+                    "--files",
+                    &files,
+                    "--listings",
+                    "3",
+                ],
+            );
+            assert!(
+                output.status.success(),
+                "{name} meta: {}",
+                describe(&output)
+            );
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let [phase, operations, seconds] = fields[..] else {
+                    continue;
+                };
+                let rate = operations.parse::<f64>().unwrap() / seconds.parse::<f64>().unwrap();
+                println!("{name} round {round} {phase} {rate:.0} /s");
+                results
+                    .entry((name, phase.to_owned()))
+                    .or_default()
+                    .push(rate);
+            }
+        }
+    }
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    println!("row | vipgate | ganesha | vipgate / ganesha");
+    let rows: Vec<String> = results
+        .keys()
+        .filter(|(name, _)| *name == "vipgate")
+        .map(|(_, row)| row.clone())
+        .collect();
+    for row in rows {
+        let ours = median(&results[&("vipgate", row.clone())]);
+        let theirs = median(&results[&("ganesha", row.clone())]);
+        println!("{row} | {ours:.1} | {theirs:.1} | {:.2}", ours / theirs);
+    }
+
+    for child in &mut children {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            Signal::SIGTERM,
+        );
+    }
+    for mut child in children {
+        let _ = child.wait();
+    }
+    drop(gluster);
+    lab.teardown().unwrap();
+}
+
 fn chunk(n: u64) -> Vec<u8> {
     (0..CHUNK / 8)
         .flat_map(|i| (n << 20 | i as u64).to_be_bytes())

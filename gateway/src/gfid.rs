@@ -395,10 +395,74 @@ pub struct GfidResolver {
     /// of one skips the `.gfid` lookup and the ancestry query when it has not moved. Only a
     /// hint: the directory found there is checked to be the one asked for.
     directories: Mutex<HashMap<Gfid, CString>>,
+    /// Descriptors of objects reached recently (by name or by GFID), by GFID.
+    descriptors: Mutex<Descriptors>,
 }
 
 /// How many directory paths a resolver remembers before it forgets them all.
 const MAX_REMEMBERED_DIRECTORIES: usize = 16 * 1024;
+
+/// Descriptors (`O_PATH`) of objects the gateway reached recently, by GFID, in two generations of
+/// at most `generation_size` each (a full current generation replaces the previous one, whose
+/// descriptors are closed). Opening a GFID again is then a `dup`, where `.gfid/<uuid>` is a
+/// FUSE lookup that the glusterfs client sends to the bricks whenever the kernel's entry for it
+/// is older than the mount's entry timeout (1 s): about 0.5 ms (measured in the lab), for every
+/// call on a handle the node has not opened in the last second. A GFID names its object for
+/// good and a descriptor follows it through renames, so this answers exactly what the lookup
+/// would; an object deleted meanwhile is found out by the `fstat` that follows every open, as
+/// with a dentry the kernel still caches. Directories are kept as the real ones the resolver
+/// opened, never the virtual `.gfid` inodes. NFS-Ganesha's GLUSTER FSAL keeps a gfapi object
+/// per cached entry in the same way.
+#[derive(Debug)]
+struct Descriptors {
+    current: HashMap<Gfid, OwnedFd>,
+    previous: HashMap<Gfid, OwnedFd>,
+    generation_size: usize,
+}
+
+impl Descriptors {
+    fn new(capacity: usize) -> Self {
+        let generation_size = (capacity / 2).max(1);
+        Descriptors {
+            current: HashMap::with_capacity(generation_size),
+            previous: HashMap::with_capacity(generation_size),
+            generation_size,
+        }
+    }
+
+    /// A new descriptor of `gfid`'s object, if one is kept.
+    fn get(&mut self, gfid: Gfid) -> Option<OwnedFd> {
+        if let Some(fd) = self.current.get(&gfid) {
+            return fd.try_clone().ok();
+        }
+        let fd = self.previous.remove(&gfid)?;
+        let copy = fd.try_clone().ok();
+        self.insert(gfid, fd);
+        copy
+    }
+
+    fn insert(&mut self, gfid: Gfid, fd: OwnedFd) {
+        if self.current.len() >= self.generation_size && !self.current.contains_key(&gfid) {
+            self.previous = std::mem::take(&mut self.current);
+            self.current.reserve(self.generation_size);
+        }
+        self.current.insert(gfid, fd);
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
+/// How many descriptors a resolver keeps: a quarter of the process's descriptor limit, at most
+/// 16 Ki (and at least 256). Kept `O_PATH` descriptors cost the kernel an open file each and
+/// keep the object's inode in the FUSE and glusterfs caches; no data stays open.
+fn descriptor_capacity() -> usize {
+    let soft = sys::open_files_limit().unwrap_or(1024);
+    usize::try_from(soft / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(256, 16 * 1024)
+}
 
 impl GfidResolver {
     /// Checks that the export root `root` (described as `path` in errors) is on a GlusterFS
@@ -475,6 +539,7 @@ impl GfidResolver {
             mount_point,
             inode_is_gfid,
             directories: Mutex::new(HashMap::new()),
+            descriptors: Mutex::new(Descriptors::new(descriptor_capacity())),
         };
         let reopened = resolver.open(&export_gfid.object_id()).map_err(|source| {
             ResolverError::CannotOpenGfid {
@@ -576,6 +641,52 @@ impl GfidResolver {
         directories.insert(gfid, relative);
     }
 
+    /// Opens `gfid`'s object through `.gfid` (files) or its real path (directories).
+    fn open_uncached(&self, gfid: Gfid) -> io::Result<OwnedFd> {
+        if let Some(opened) = self.open_remembered_directory(gfid) {
+            return Ok(opened);
+        }
+        let opened = sys::openat(
+            Some(self.volume_root.as_fd()),
+            &gfid.aux_path(),
+            libc::O_PATH | libc::O_NOFOLLOW,
+        )?;
+        let stat = sys::fstat(opened.as_fd())?;
+        if stat.is_dir() {
+            return self.open_directory(&opened, gfid);
+        }
+        if !self.is_object(opened.as_fd(), &stat, gfid)? {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        Ok(opened)
+    }
+
+    fn descriptors(&self) -> std::sync::MutexGuard<'_, Descriptors> {
+        // Plain maps: a poisoned lock is usable.
+        self.descriptors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps an `O_PATH` descriptor of `fd`'s object, `gfid`. Never a copy of an open file: a
+    /// file kept open on this node would stay alive on the bricks after another node deleted
+    /// it, and its handle would never turn stale.
+    fn remember_descriptor(&self, gfid: Gfid, fd: BorrowedFd<'_>) {
+        let kept = if sys::is_path_only(fd) {
+            fd.try_clone_to_owned()
+        } else {
+            sys::reopen(fd, libc::O_PATH)
+        };
+        if let Ok(kept) = kept {
+            self.descriptors().insert(gfid, kept);
+        }
+    }
+
+    /// How many object descriptors the resolver keeps now (tests and diagnostics).
+    pub fn kept_descriptors(&self) -> usize {
+        self.descriptors().len()
+    }
+
     fn directories(&self) -> std::sync::MutexGuard<'_, HashMap<Gfid, CString>> {
         // The map holds no invariant a panic could break halfway: a poisoned lock is usable.
         self.directories
@@ -624,7 +735,11 @@ impl ObjectResolver for GfidResolver {
     }
 
     fn object_id(&self, fd: BorrowedFd<'_>) -> io::Result<ObjectId> {
-        as_daemon(|| read_gfid(XattrTarget::Descriptor(fd))).map(|gfid| gfid.object_id())
+        let gfid = as_daemon(|| read_gfid(XattrTarget::Descriptor(fd)))?;
+        // Reached by name (LOOKUP, CREATE, a listing): the handle just made will most likely be
+        // used next.
+        self.remember_descriptor(gfid, fd);
+        Ok(gfid.object_id())
     }
 
     fn object_id_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<ObjectId> {
@@ -653,21 +768,11 @@ impl ObjectResolver for GfidResolver {
         if gfid == ROOT_GFID {
             return self.volume_root.try_clone();
         }
-        if let Some(opened) = self.open_remembered_directory(gfid) {
-            return Ok(opened);
+        if let Some(kept) = self.descriptors().get(gfid) {
+            return Ok(kept);
         }
-        let opened = sys::openat(
-            Some(self.volume_root.as_fd()),
-            &gfid.aux_path(),
-            libc::O_PATH | libc::O_NOFOLLOW,
-        )?;
-        let stat = sys::fstat(opened.as_fd())?;
-        if stat.is_dir() {
-            return self.open_directory(&opened, gfid);
-        }
-        if !self.is_object(opened.as_fd(), &stat, gfid)? {
-            return Err(io::Error::from_raw_os_error(libc::ESTALE));
-        }
+        let opened = self.open_uncached(gfid)?;
+        self.remember_descriptor(gfid, opened.as_fd());
         Ok(opened)
     }
 }
@@ -675,6 +780,39 @@ impl ObjectResolver for GfidResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_descriptors_are_bounded_and_name_their_object() {
+        let directory = tempfile::tempdir().unwrap();
+        let gfid = |index: u8| Gfid([index; 16]);
+        let open = |index: u8| -> OwnedFd {
+            let path = directory.path().join(index.to_string());
+            std::fs::write(&path, [index]).unwrap();
+            std::fs::File::open(&path).unwrap().into()
+        };
+        let mut kept = Descriptors::new(8);
+        for index in 0..20u8 {
+            kept.insert(gfid(index), open(index));
+            assert!(kept.len() <= 8, "{} kept", kept.len());
+        }
+        // The newest are there, each a new descriptor of its own object.
+        for index in 16..20u8 {
+            let fd = kept.get(gfid(index)).unwrap();
+            let path = directory.path().join(index.to_string());
+            let expected = std::os::unix::fs::MetadataExt::ino(&path.metadata().unwrap());
+            assert_eq!(sys::fstat(fd.as_fd()).unwrap().ino, expected);
+        }
+        // The oldest were dropped (their descriptors closed).
+        assert!(kept.get(gfid(0)).is_none());
+        // A hit in the previous generation moves forward and survives the next rotation.
+        kept.insert(gfid(30), open(30));
+        assert!(kept.get(gfid(16)).is_some());
+        for index in 40..44u8 {
+            kept.insert(gfid(index), open(index));
+        }
+        assert!(kept.get(gfid(16)).is_some());
+        assert!(kept.len() <= 8);
+    }
 
     #[test]
     fn gfids_print_and_parse_in_canonical_form() {

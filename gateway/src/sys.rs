@@ -93,6 +93,13 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: libc::c_int) -> io::Result<OwnedFd> {
     owned(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })
 }
 
+/// Whether `fd` was opened `O_PATH` (it refers to an object without opening it).
+pub fn is_path_only(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: F_GETFL on a descriptor we borrow; no memory arguments.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_PATH != 0
+}
+
 /// A kernel file handle as `name_to_handle_at` returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelHandle {
@@ -186,6 +193,38 @@ pub fn open_by_handle(
 pub struct Time {
     pub seconds: i64,
     pub nanoseconds: u32,
+}
+
+/// The process's soft limit on open descriptors (`RLIMIT_NOFILE`).
+pub fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit.rlim_cur)
+}
+
+/// Raises the soft limit on open descriptors to the hard one, as servers do at start (the usual
+/// soft limit, 1024, is a guard for `select` that the gateway does not use); returns the soft
+/// limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointers to a `rlimit` for both calls.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) })?;
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// `clock_gettime(CLOCK_REALTIME_COARSE)`: the clock, updated once per kernel tick, that the

@@ -162,6 +162,12 @@ impl Gluster {
         gluster
     }
 
+    /// `gluster volume set` of the volume, through the first node.
+    #[allow(dead_code, reason = "only some test files change volume options")]
+    pub fn set_option(&self, key: &str, value: &str) {
+        self.cli_ok(&self.nodes[0], &["volume", "set", VOLUME, key, value]);
+    }
+
     /// Runs the gluster CLI against `node`'s glusterd (inside its mount namespace, where its
     /// socket is).
     fn cli(&self, node: &GlusterNode, args: &[&str]) -> Output {

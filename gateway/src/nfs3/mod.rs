@@ -82,7 +82,12 @@ fn resolve<'s>(
             Some(errno) => Status::from_errno(errno),
         }
     })?;
-    let stat = sys::fstat(fd.as_fd()).map_err(|error| Status::from_io(&error))?;
+    // A resolver may hand out a descriptor it kept (the GFID resolver does): an object deleted
+    // since is found out here, and its handle is stale.
+    let stat = sys::fstat(fd.as_fd()).map_err(|error| match error.raw_os_error() {
+        Some(libc::ESTALE | libc::ENOENT) => Status::Stale,
+        _ => Status::from_io(&error),
+    })?;
     if stat.mount_id != export.root_stat.mount_id {
         return Err(Status::Stale);
     }
