@@ -605,7 +605,9 @@ fn nfs_on_a_replicated_glusterfs_volume_across_a_vip_move() {
 /// GFID handles are cached from the start, new files included (the inode number is 64 bits of
 /// the GFID, which is never reused): a CREATE stores its handle, a READDIRPLUS of files made on
 /// the volume directly stores theirs, and a listing again hands out the same bytes from the
-/// cache. The gateway runs in the test process here, so that its cache can be counted.
+/// cache. A file deleted and made again through another client is stale by its old handle,
+/// though the resolver kept a descriptor of it. The gateway runs in the test process here, so
+/// that its cache can be counted.
 #[test]
 fn gfid_handles_are_cached_from_creation_on() {
     if !can_run("gfid_handles_are_cached_from_creation_on") {
