@@ -7,9 +7,11 @@
 //!
 //! Listings run twice: right after the files were created (`readdirplus`: every file is less
 //! than a second old), and again once every file is `--settle-ms` old (`readdirplus-settled`),
-//! which is what most listings of a real directory see. The gateway caches handles only for
-//! files born at least a second before (`gateway::handle_cache`), so the first is its uncached
-//! path and the second its cached one. Every listed handle must be the one CREATE returned.
+//! which is what most listings of a real directory see. On a shared volume the gateway caches
+//! handles only for files born at least a second before, on a local file system once the
+//! kernel's timestamp clock has passed their birth (`gateway::handle_cache`), so the first is
+//! mostly its uncached path there and the second its cached one. Every listed handle must be the
+//! one CREATE returned.
 //! Then the same number of plain READDIR listings (`readdir`: names, cookies and file ids, what a
 //! client's plain `ls` uses); every listed file id must be the one CREATE's attributes gave.
 //!
