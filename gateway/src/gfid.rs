@@ -672,6 +672,9 @@ impl GfidResolver {
     /// file kept open on this node would stay alive on the bricks after another node deleted
     /// it, and its handle would never turn stale.
     fn remember_descriptor(&self, gfid: Gfid, fd: BorrowedFd<'_>) {
+        if self.descriptors().current.contains_key(&gfid) {
+            return;
+        }
         let kept = if sys::is_path_only(fd) {
             fd.try_clone_to_owned()
         } else {
@@ -740,6 +743,12 @@ impl ObjectResolver for GfidResolver {
         // used next.
         self.remember_descriptor(gfid, fd);
         Ok(gfid.object_id())
+    }
+
+    fn reached(&self, id: &ObjectId, fd: BorrowedFd<'_>) {
+        if let Some(gfid) = Gfid::from_object(id) {
+            self.remember_descriptor(gfid, fd);
+        }
     }
 
     fn object_id_at(&self, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<ObjectId> {

@@ -146,6 +146,9 @@ fn cached_handle_of(
         return handle_of(export, fd);
     };
     if let Some(handle) = cache.cache.get(&key) {
+        if let Some(id) = handle.object_id() {
+            export.resolver.reached(&id, fd);
+        }
         return Ok(handle);
     }
     let handle = handle_of(export, fd)?;
