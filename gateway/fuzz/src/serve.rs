@@ -110,7 +110,7 @@ fn marked_handles(service: &Service) -> Vec<Vec<u8>> {
                     .resolver
                     .object_id(fd.as_fd())
                     .unwrap_or_else(|error| panic!("no handle for {name:?}: {error}"));
-                export.handle_for(object)
+                export.handle_for(object).to_vec()
             };
             let mut opaque = Vec::new();
             let _ = gateway::xdr::Encoder::new(&mut opaque).opaque(&handle, 64);
