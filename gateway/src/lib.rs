@@ -17,7 +17,7 @@
 //! ([`export`] client lists and squash, [`handle`] failover-safe handles, [`handle_cache`] their
 //! cache by inode incarnation and [`gfid`] their GlusterFS resolver, [`drc`] the duplicate
 //! request cache, [`creds`] per-thread
-//! credentials, [`sys`] the system calls), the [`service::Service`] that holds the open exports
+//! credentials, [`sys`] the system calls, [`splice`] zero-copy READ replies), the [`service::Service`] that holds the open exports
 //! and runs calls, and [`server`], the tokio loop. A connection task drives them in this order
 //! for every chunk read from the socket:
 //!
@@ -27,7 +27,9 @@
 //! 3. [`dispatch::dispatch`] the call against [`service::PROGRAMS`]: send the rejection, or
 //!    run the procedure with [`service::Service::handle`] (on the blocking pool unless
 //!    [`service::Service::is_inline`]), which decodes the arguments at `args_offset` (GARBAGE_ARGS
-//!    if they do not decode) and returns the framed reply;
+//!    if they do not decode) and returns the framed reply — over TCP
+//!    [`service::Service::handle_stream`], whose READ replies may leave their data in a pipe
+//!    ([`splice`]);
 //! 4. queue the reply for the connection's writer, in completion order.
 //!
 //! To serve: build a [`Service`] from the exports ([`ExportSpec::from_config`]), bind listeners
@@ -56,6 +58,7 @@ pub mod rpcbind_client;
 pub mod server;
 pub mod service;
 pub mod smb;
+pub mod splice;
 pub mod sys;
 pub mod udp;
 pub mod xdr;

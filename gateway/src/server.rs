@@ -17,10 +17,16 @@
 //! records bounded by the record decoder, memory is bounded by
 //! `connections × requests_per_connection × (record + reply)` plus one partial record per
 //! connection.
+//!
+//! A READ's data may travel in a pipe rather than in the reply's bytes (`splice`): the sink
+//! writes the reply's head, splices the pipe into the socket, then writes the XDR padding, and
+//! resumes a partial write at whichever of the three it stopped in. Spliced data costs no
+//! user-space memory; the pipes are bounded by their pool.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::ControlFlow;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,7 +34,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::VecDeque;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -39,6 +45,8 @@ use crate::dispatch::{Decision, dispatch};
 use crate::record::{DEFAULT_MAX_RECORD, RecordDecoder};
 use crate::rpc::{AcceptStatus, Classification, ReplyBody, ReplyHeader, classify};
 use crate::service::{Connection, PROGRAMS, Service, framed_reply};
+use crate::splice::{PADDING, Part, Reply, advance};
+use crate::sys;
 
 /// Bounds of the serving loop.
 #[derive(Debug, Clone, Copy)]
@@ -266,7 +274,7 @@ impl ConnectionTask {
             Classification::Call { call, args_offset } => (call, args_offset),
             Classification::Reject { reply, cause } => {
                 tracing::debug!(%peer, %cause, "rejecting call");
-                return sent(sink.send(framed_reply(&reply), None));
+                return sent(sink.send(framed_reply(&reply).into(), None));
             }
             Classification::Drop(cause) => {
                 tracing::debug!(%peer, %cause, "dropping message");
@@ -278,12 +286,12 @@ impl ConnectionTask {
                 xid: call.xid,
                 body,
             });
-            return sent(sink.send(reply, None));
+            return sent(sink.send(reply.into(), None));
         }
         if Service::is_inline(call.program) {
             let args = record.get(args_offset..).unwrap_or_default();
             let reply = self.service.handle(&self.connection, &call, args);
-            return sent(sink.send(reply, None));
+            return sent(sink.send(reply.into(), None));
         }
         // Wait for a slot on this connection, then one over all connections: while waiting,
         // nothing more is read from this client.
@@ -307,7 +315,7 @@ impl ConnectionTask {
             let xid = call.xid;
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let args = record.get(args_offset..).unwrap_or_default();
-                service.handle(&connection, &call, args)
+                service.handle_stream(&connection, &call, args)
             }));
             let reply = outcome.unwrap_or_else(|_| {
                 // A bug in a handler must cost one call, not the node (DESIGN.md invariant 7).
@@ -316,6 +324,7 @@ impl ConnectionTask {
                     xid,
                     body: ReplyBody::accepted(AcceptStatus::SystemErr),
                 })
+                .into()
             });
             drop(global);
             sink.completed(reply, slot);
@@ -326,14 +335,16 @@ impl ConnectionTask {
 
 /// The sending side of one connection, shared by its task and the worker threads running its
 /// calls. When a call completes and no other call of the connection is running or queued, the
-/// worker thread writes the reply at once, with a non-blocking write under the sink's lock (so
+/// worker thread writes the reply at once, with non-blocking writes under the sink's lock (so
 /// records never interleave): a client that makes one call at a time waits for one thread
 /// wake-up per call, not two. Otherwise, and for whatever the socket does not take at once, the
 /// reply is queued for the connection's flusher task, which writes everything queued with one
-/// `writev` when the socket is writable: a client with many calls in flight gets its replies
-/// in fewer segments and wake-ups. A queued reply keeps its connection slot until it is
+/// gathered `sendmsg` when the socket is writable (up to and including the head of a spliced
+/// reply, whose data then follows from its pipe): a client with many calls in flight gets its
+/// replies in fewer segments and wake-ups. A queued reply keeps its connection slot until it is
 /// written, so a client that does not read its replies stops being read from (the memory bound
-/// of the module documentation).
+/// of the module documentation). A reply dropped unwritten (the peer is gone) gives its slot
+/// back, and its pipe is closed rather than pooled.
 #[derive(Debug)]
 struct ReplySink {
     stream: OwnedWriteHalf,
@@ -345,14 +356,26 @@ struct ReplySink {
 
 #[derive(Debug, Default)]
 struct SinkState {
-    queue: VecDeque<(Vec<u8>, Option<OwnedSemaphorePermit>)>,
-    /// Bytes of the front reply already written.
+    queue: VecDeque<(Reply, Option<OwnedSemaphorePermit>)>,
+    /// Bytes of the front reply already written (head, spliced data and padding counted as
+    /// one run of bytes, `splice::Layout`).
     written: usize,
     /// The peer is gone or the connection is over: replies are dropped.
     closed: bool,
 }
 
-/// The most replies one `writev` of the flusher gathers.
+/// Where writing the queue stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Everything queued is written.
+    All,
+    /// The socket takes no more for now.
+    Blocked,
+    /// The peer is gone; the queue was dropped.
+    Closed,
+}
+
+/// The most replies one gathered write of the flusher takes.
 const GATHER: usize = 64;
 
 impl ReplySink {
@@ -367,7 +390,7 @@ impl ReplySink {
 
     /// The reply of a call run on the blocking pool, from its worker thread: written at once
     /// when it is the only one in the way, queued for the flusher otherwise.
-    fn completed(&self, reply: Vec<u8>, slot: OwnedSemaphorePermit) {
+    fn completed(&self, reply: Reply, slot: OwnedSemaphorePermit) {
         let others = self
             .running
             .fetch_sub(1, Ordering::AcqRel)
@@ -399,7 +422,7 @@ impl ReplySink {
 
     /// Sends `reply` (releasing `slot` once it is written) from any thread, without blocking.
     /// False when the peer is gone.
-    fn send(&self, reply: Vec<u8>, slot: Option<OwnedSemaphorePermit>) -> bool {
+    fn send(&self, reply: Reply, slot: Option<OwnedSemaphorePermit>) -> bool {
         let mut state = self.lock();
         if state.closed {
             return false;
@@ -407,33 +430,78 @@ impl ReplySink {
         if reply.is_empty() {
             return true;
         }
-        if !state.queue.is_empty() {
-            state.queue.push_back((reply, slot));
+        let idle = state.queue.is_empty();
+        state.queue.push_back((reply, slot));
+        if !idle {
+            // The flusher was woken when the queue became non-empty; it writes this one too.
             return true;
         }
-        let mut written = 0;
-        while written < reply.len() {
-            match self.stream.try_write(&reply[written..]) {
-                Ok(0) => {
-                    state.closed = true;
-                    return false;
+        match self.write_queued(&mut state) {
+            Written::All => true,
+            Written::Blocked => {
+                drop(state);
+                self.wake.notify_one();
+                true
+            }
+            Written::Closed => false,
+        }
+    }
+
+    /// Writes queued replies, in order, until the queue is empty or the socket is full.
+    fn write_queued(&self, state: &mut SinkState) -> Written {
+        let socket = self.stream.as_ref();
+        loop {
+            let written = state.written;
+            let Some((front, _)) = state.queue.front_mut() else {
+                return Written::All;
+            };
+            let layout = front.layout();
+            let outcome = match (layout.part(written), front.tail.as_mut()) {
+                (Part::Data(_), Some(tail)) => {
+                    // The padding, if any, follows in this record.
+                    let more = layout.pad > 0;
+                    socket.try_io(Interest::WRITABLE, || tail.send_to(socket.as_fd(), more))
                 }
-                Ok(length) => written += length,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
+                // Nothing left (or, which cannot be, data without a pipe): next reply.
+                (Part::Done | Part::Data(_), _) => {
+                    state.queue.pop_front();
+                    state.written = 0;
+                    continue;
+                }
+                _ => {
+                    let mut slices = [io::IoSlice::new(&[]); GATHER];
+                    let (count, more) = gather(&state.queue, state.written, &mut slices);
+                    let flags = if more { libc::MSG_MORE } else { 0 };
+                    socket.try_io(Interest::WRITABLE, || {
+                        sys::send_vectored(socket.as_fd(), &slices[..count], flags)
+                    })
+                }
+            };
+            match outcome {
+                Ok(0) => {
+                    state.queue.clear();
                     state.closed = true;
-                    return false;
+                    return Written::Closed;
+                }
+                Ok(length) => {
+                    let totals = state.queue.iter().map(|(reply, _)| reply.layout().total());
+                    let (complete, offset) = advance(totals, state.written, length);
+                    // Written replies give their slots back, and their pipes (now empty) to
+                    // the pool.
+                    drop(state.queue.drain(..complete));
+                    state.written = offset;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    return Written::Blocked;
+                }
+                Err(_) => {
+                    state.queue.clear();
+                    state.closed = true;
+                    return Written::Closed;
                 }
             }
         }
-        if written < reply.len() {
-            state.written = written;
-            state.queue.push_back((reply, slot));
-            drop(state);
-            self.wake.notify_one();
-        }
-        true
     }
 
     /// Writes queued replies as the socket takes them, until the connection ends.
@@ -446,49 +514,10 @@ impl ReplySink {
                     return;
                 }
                 let mut state = self.lock();
-                let state = &mut *state;
-                while !state.queue.is_empty() {
-                    let written = {
-                        let mut slices = [io::IoSlice::new(&[]); GATHER];
-                        let mut count = 0;
-                        for (index, (reply, _)) in state.queue.iter().take(GATHER).enumerate() {
-                            let skip = if index == 0 { state.written } else { 0 };
-                            slices[index] = io::IoSlice::new(reply.get(skip..).unwrap_or_default());
-                            count += 1;
-                        }
-                        self.stream.try_write_vectored(&slices[..count])
-                    };
-                    match written {
-                        Ok(0) => {
-                            drop(state.queue.drain(..));
-                            state.closed = true;
-                            return;
-                        }
-                        Ok(mut length) => {
-                            // Release every reply written completely, and note how far the
-                            // next one got.
-                            while let Some((reply, _)) = state.queue.front() {
-                                let left = reply.len() - state.written;
-                                if length < left {
-                                    state.written += length;
-                                    break;
-                                }
-                                length -= left;
-                                state.written = 0;
-                                state.queue.pop_front();
-                            }
-                        }
-                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            drop(state.queue.drain(..));
-                            state.closed = true;
-                            return;
-                        }
-                    }
-                }
-                if state.queue.is_empty() || state.closed {
-                    break;
+                match self.write_queued(&mut state) {
+                    Written::All => break,
+                    Written::Blocked => {}
+                    Written::Closed => return,
                 }
             }
         }
@@ -506,6 +535,41 @@ impl ReplySink {
         state.queue.clear();
         let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(std::net::Shutdown::Write);
     }
+}
+
+/// Fills `slices` with the bytes to write next from `queue`, whose front reply is `written`
+/// bytes along and not in its spliced part: the rest of the front reply's head or padding, then
+/// whole plain replies, stopping after the head of a spliced reply (its data must come from its
+/// pipe next). Returns how many slices, and whether the write must say `MSG_MORE` (it ends with
+/// a head whose data follows).
+fn gather<'q>(
+    queue: &'q VecDeque<(Reply, Option<OwnedSemaphorePermit>)>,
+    written: usize,
+    slices: &mut [io::IoSlice<'q>],
+) -> (usize, bool) {
+    let mut count = 0;
+    for (index, (reply, _)) in queue.iter().enumerate() {
+        if count == slices.len() {
+            break;
+        }
+        let layout = reply.layout();
+        match layout.part(if index == 0 { written } else { 0 }) {
+            Part::Head(range) => {
+                slices[count] = io::IoSlice::new(reply.head.get(range).unwrap_or_default());
+                count += 1;
+                if layout.data > 0 {
+                    return (count, true);
+                }
+            }
+            Part::Padding(range) => {
+                slices[count] = io::IoSlice::new(PADDING.get(range).unwrap_or_default());
+                count += 1;
+            }
+            Part::Data(_) => break,
+            Part::Done => {}
+        }
+    }
+    (count, false)
 }
 
 /// Continue after a reply was sent or queued; stop when the peer is gone.
@@ -542,15 +606,18 @@ mod tests {
         // Two calls running; the first ends with the cache's empty reply while the other
         // still runs, which used to queue a zero-byte write for the flusher.
         sink.running.fetch_add(2, Ordering::AcqRel);
-        sink.completed(Vec::new(), slots.clone().acquire_owned().await.unwrap());
+        sink.completed(
+            Reply::default(),
+            slots.clone().acquire_owned().await.unwrap(),
+        );
         // Let the flusher (same thread: a current-thread runtime) see whatever was queued.
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
         assert!(!sink.is_closed());
-        assert!(sink.send(Vec::new(), None));
+        assert!(sink.send(Reply::default(), None));
         sink.completed(
-            b"reply".to_vec(),
+            b"reply".to_vec().into(),
             slots.clone().acquire_owned().await.unwrap(),
         );
         let mut received = [0u8; 5];
@@ -561,6 +628,133 @@ mod tests {
         assert_eq!(&received, b"reply");
         assert!(!sink.is_closed());
         assert_eq!(slots.available_permits(), 4);
+        flusher.abort();
+    }
+
+    /// A sink whose socket takes little at a time (small buffers on both sides), so replies
+    /// are written in many parts.
+    async fn narrow_pair() -> (Arc<ReplySink>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = socket2::Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        client.set_recv_buffer_size(8 * 1024).unwrap();
+        client.connect(&address.into()).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let client = TcpStream::from_std(client.into()).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(8 * 1024)
+            .unwrap();
+        let (_, write) = server.into_split();
+        (Arc::new(ReplySink::new(write)), client)
+    }
+
+    fn file_of(content: &[u8]) -> (tempfile::TempDir, std::fs::File) {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("file");
+        std::fs::write(&path, content).unwrap();
+        (directory, std::fs::File::open(&path).unwrap())
+    }
+
+    /// A reply of `head`, then `count` bytes of `file` at `offset` spliced from a pipe of
+    /// `pool`; and the bytes it must put on the wire.
+    fn spliced(
+        pool: &crate::splice::PipePool,
+        file: &std::fs::File,
+        content: &[u8],
+        head: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> (Reply, Vec<u8>) {
+        let mut pipe = pool.take().unwrap();
+        assert_eq!(
+            pipe.fill(file.as_fd(), offset as u64, count).unwrap(),
+            count
+        );
+        let mut wire = head.to_vec();
+        wire.extend_from_slice(&content[offset..offset + count]);
+        wire.resize(wire.len() + crate::splice::padding(count), 0);
+        let reply = Reply {
+            head: head.to_vec(),
+            tail: Some(crate::splice::SplicedData::new(pipe)),
+        };
+        (reply, wire)
+    }
+
+    #[tokio::test]
+    async fn spliced_and_plain_replies_resume_where_the_socket_stopped() {
+        let content: Vec<u8> = (0..3 << 20).map(|index: u32| (index % 251) as u8).collect();
+        let (_directory, file) = file_of(&content);
+        let pool = crate::splice::PipePool::new(16, 1 << 20, 0);
+        let (sink, mut client) = narrow_pair().await;
+        let flusher = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.flush().await })
+        };
+        let slots = Arc::new(Semaphore::new(32));
+        let mut expected = Vec::new();
+        // The first is written at once by the caller until the socket is full, the rest are
+        // queued behind it: the flusher resumes it in its head, data or padding, and gathers
+        // plain replies with the head of the next spliced one.
+        let (first, wire) = spliced(&pool, &file, &content, b"first head", 0, 1 << 20);
+        expected.extend(wire);
+        assert!(sink.send(first, Some(slots.clone().acquire_owned().await.unwrap())));
+        let counts = [1, 2, 3, 4, 5, 65_537, 300_001, 1 << 20];
+        sink.running.fetch_add(2 * counts.len(), Ordering::AcqRel);
+        for (index, count) in counts.into_iter().enumerate() {
+            let plain = format!("plain reply {index}").into_bytes();
+            expected.extend_from_slice(&plain);
+            sink.completed(plain.into(), slots.clone().acquire_owned().await.unwrap());
+            let head = format!("head {index}").into_bytes();
+            let (reply, wire) = spliced(&pool, &file, &content, &head, 4096 * index, count);
+            expected.extend(wire);
+            sink.completed(reply, slots.clone().acquire_owned().await.unwrap());
+        }
+        let mut received = vec![0u8; expected.len()];
+        tokio::time::timeout(Duration::from_secs(20), client.read_exact(&mut received))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(received == expected, "the byte stream differs");
+        assert_eq!(slots.available_permits(), 32);
+        let stats = pool.stats();
+        assert_eq!((stats.lent, stats.discarded), (0, 0), "{stats:?}");
+        assert!(!sink.is_closed());
+        flusher.abort();
+    }
+
+    #[tokio::test]
+    async fn a_peer_gone_mid_reply_gives_slots_back_and_closes_the_pipes() {
+        let content: Vec<u8> = (0..2 << 20).map(|index: u32| (index % 251) as u8).collect();
+        let (_directory, file) = file_of(&content);
+        let pool = crate::splice::PipePool::new(4, 1 << 20, 0);
+        let (sink, mut client) = narrow_pair().await;
+        let flusher = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.flush().await })
+        };
+        let slots = Arc::new(Semaphore::new(4));
+        for index in 0..3 {
+            let (reply, _) = spliced(&pool, &file, &content, b"head", index << 19, 1 << 20);
+            assert!(sink.send(reply, Some(slots.clone().acquire_owned().await.unwrap())));
+        }
+        let mut some = [0u8; 1000];
+        client.read_exact(&mut some).await.unwrap();
+        // Closing with unread data sends a RST: the next write fails.
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while !sink.is_closed() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the sink notices the peer is gone");
+        assert_eq!(slots.available_permits(), 4);
+        let stats = pool.stats();
+        assert_eq!(stats.lent, 0, "{stats:?}");
+        assert!(stats.discarded >= 1, "{stats:?}");
+        // Whatever went back to the pool is empty.
+        assert_eq!(stats.discarded as usize + stats.idle, 3, "{stats:?}");
         flusher.abort();
     }
 }

@@ -1,6 +1,7 @@
 //! The gateway's programs behind the RPC core: the open exports (root descriptor, resolver,
 //! policy), the handle key and write verifier, and [`Service::handle`], which runs one
-//! dispatched call (portmap, MOUNT or NFSv3) and returns the framed reply.
+//! dispatched call (portmap, MOUNT or NFSv3) and returns the framed reply ([`Service::handle_stream`]
+//! for a stream transport, whose READ replies may carry their data in a pipe: `splice`).
 //!
 //! Everything here is synchronous; the serving loop (`server`) runs NFS and MOUNT calls on its
 //! blocking pool, because they make file-system system calls that may block for as long as the
@@ -29,6 +30,7 @@ use crate::record::LAST_FRAGMENT;
 use crate::rpc::{
     AcceptStatus, Call, MOUNT_PROGRAM, NFS_PROGRAM, PORTMAP_PROGRAM, ReplyBody, ReplyHeader,
 };
+use crate::splice::{PipePool, PipeStats, Reply, SplicedData};
 use crate::sys::{self, Stat};
 use crate::xdr::Encoder;
 use crate::{mount, nfs3, portmap};
@@ -222,6 +224,8 @@ pub struct Service {
     duplicates: DuplicateCache,
     /// Sealed handles by inode incarnation (handles only, never attributes).
     pub(crate) handle_cache: HandleCache,
+    /// Pipes for READ replies whose data is spliced (`handle_stream`).
+    pub(crate) pipes: PipePool,
 }
 
 /// How many locks [`Service::file_lock`] spreads files over.
@@ -337,6 +341,11 @@ impl Service {
             file_locks: std::array::from_fn(|_| Mutex::new(())),
             duplicates: DuplicateCache::new(drc::Limits::default()),
             handle_cache: HandleCache::new(crate::handle_cache::DEFAULT_CAPACITY),
+            pipes: PipePool::new(
+                crate::splice::DEFAULT_PIPES,
+                nfs3::MAX_IO as usize,
+                splice_min_read(),
+            ),
         })
     }
 
@@ -348,6 +357,11 @@ impl Service {
     /// The cache of sealed handles by inode incarnation (`handle_cache`).
     pub fn handle_cache(&self) -> &HandleCache {
         &self.handle_cache
+    }
+
+    /// The counters of the pipes spliced READ replies use.
+    pub fn pipe_stats(&self) -> PipeStats {
+        self.pipes.stats()
     }
 
     /// The NFSv3 write verifier of this incarnation: UNSTABLE writes and COMMITs report it, and
@@ -437,6 +451,21 @@ impl Service {
         }
     }
 
+    /// [`Service::handle`] for a stream transport (TCP): the same reply, except that a READ's
+    /// data may wait in a pipe (`Reply::tail`) for the transport to splice into its socket
+    /// after the head. Calls the duplicate request cache keeps (never READ) go through
+    /// `handle`.
+    pub fn handle_stream(&self, connection: &Connection, call: &Call, args: &[u8]) -> Reply {
+        if call.program != NFS_PROGRAM || drc::is_cached(call) {
+            return Reply::from(self.handle(connection, call, args));
+        }
+        let mut out = begin_reply(call.xid);
+        match nfs3::call_spliced(self, connection, call, args, &mut out) {
+            Ok(tail) => finish_spliced_reply(call.xid, out, tail),
+            Err(error) => Reply::from(error_reply(call.xid, error)),
+        }
+    }
+
     fn run(&self, connection: &Connection, call: &Call, args: &[u8]) -> Vec<u8> {
         let mut out = begin_reply(call.xid);
         let outcome = match call.program {
@@ -447,19 +476,22 @@ impl Service {
         };
         match outcome {
             Ok(()) => finish_reply(out),
-            Err(error) => {
-                let status = match error {
-                    ProcError::GarbageArgs => AcceptStatus::GarbageArgs,
-                    ProcError::ProcUnavail => AcceptStatus::ProcUnavail,
-                    ProcError::SystemErr => AcceptStatus::SystemErr,
-                };
-                framed_reply(&ReplyHeader {
-                    xid: call.xid,
-                    body: ReplyBody::accepted(status),
-                })
-            }
+            Err(error) => error_reply(call.xid, error),
         }
     }
+}
+
+/// The reply to a call that failed at the RPC level.
+fn error_reply(xid: u32, error: ProcError) -> Vec<u8> {
+    let status = match error {
+        ProcError::GarbageArgs => AcceptStatus::GarbageArgs,
+        ProcError::ProcUnavail => AcceptStatus::ProcUnavail,
+        ProcError::SystemErr => AcceptStatus::SystemErr,
+    };
+    framed_reply(&ReplyHeader {
+        xid,
+        body: ReplyBody::accepted(status),
+    })
 }
 
 /// A call the duplicate request cache was told runs; dropped only if the call panicked.
@@ -471,6 +503,26 @@ struct Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.cache.abandon(self.key);
+    }
+}
+
+/// The smallest READ to splice: `nfs3::SPLICE_MIN_READ`, or what `VIPGATE_SPLICE_MIN_READ` says
+/// (a byte count, or `off` to copy every READ: for measurements, and a way out should a file
+/// system misbehave under splice).
+fn splice_min_read() -> usize {
+    let Some(value) = std::env::var_os("VIPGATE_SPLICE_MIN_READ") else {
+        return nfs3::SPLICE_MIN_READ;
+    };
+    match value.to_str().map(str::trim) {
+        Some("off") => usize::MAX,
+        Some(number) => number.parse().unwrap_or_else(|_| {
+            tracing::warn!(
+                ?value,
+                "VIPGATE_SPLICE_MIN_READ is not a byte count or off; ignored"
+            );
+            nfs3::SPLICE_MIN_READ
+        }),
+        None => nfs3::SPLICE_MIN_READ,
     }
 }
 
@@ -493,6 +545,26 @@ fn finish_reply(mut out: Vec<u8>) -> Vec<u8> {
     let length = u32::try_from(out.len().saturating_sub(4)).unwrap_or(0);
     out[..4].copy_from_slice(&(LAST_FRAGMENT | length).to_be_bytes());
     out
+}
+
+/// Writes the record mark of a reply whose results end with spliced data (`tail`): its length
+/// counts the data and its padding, which follow `out` on the wire.
+fn finish_spliced_reply(xid: u32, mut out: Vec<u8>, tail: Option<SplicedData>) -> Reply {
+    let Some(tail) = tail else {
+        return Reply::from(finish_reply(out));
+    };
+    match crate::splice::record_mark(out.len(), tail.len()) {
+        Some(mark) => {
+            out[..4].copy_from_slice(&mark);
+            Reply {
+                head: out,
+                tail: Some(tail),
+            }
+        }
+        // Never: a READ is at most 1 MiB. Dropping the tail returns its pipe (closed, as it
+        // holds data).
+        None => Reply::from(error_reply(xid, ProcError::SystemErr)),
+    }
 }
 
 /// A complete, record-marked reply with no results (errors and rejections).

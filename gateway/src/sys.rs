@@ -1,6 +1,7 @@
 //! Thin, safe wrappers over the Linux system calls the file server needs and `std` does not
 //! offer: `openat2` with resolve flags, file handles (`name_to_handle_at`, `open_by_handle_at`),
-//! `statx`, `getdents64`, the `*at` family on `O_PATH` descriptors, and per-thread credentials.
+//! `statx`, `getdents64`, the `*at` family on `O_PATH` descriptors, per-thread credentials, and
+//! the pipe, `splice` and `sendmsg` calls of zero-copy READ replies.
 //!
 //! Every wrapper takes Rust types (borrowed descriptors, `CStr` names, slices), checks the
 //! return value and turns `-1` into `io::Error::last_os_error()`; nothing here decides policy.
@@ -516,6 +517,100 @@ pub fn pread_append(
         }
     }
     Ok(appended)
+}
+
+/// A new pipe, both ends close-on-exec and non-blocking: `(read end, write end)`.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1 as libc::c_int; 2];
+    // SAFETY: `fds` is valid for writes of the two descriptors pipe2 returns.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })?;
+    // SAFETY: both descriptors were just created by a successful pipe2 and nothing else owns
+    // them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `fcntl(F_SETPIPE_SZ)`: asks for a pipe of at least `size` bytes; returns the size the kernel
+/// gave (a power of two pages). Refused (EPERM) above `/proc/sys/fs/pipe-max-size` or the
+/// user's pipe page quota without `CAP_SYS_RESOURCE`.
+pub fn set_pipe_size(pipe: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
+    let size =
+        libc::c_int::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: F_SETPIPE_SZ takes an integer argument and touches no memory of ours.
+    let given = check(unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, size) })?;
+    Ok(usize::try_from(given).unwrap_or(0))
+}
+
+/// `ioctl(FIONREAD)`: how many bytes wait in the pipe (or socket) `fd`.
+pub fn pending_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut pending: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer it is given, which `pending` is.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut pending) })?;
+    Ok(usize::try_from(pending).unwrap_or(0))
+}
+
+/// `splice(from, offset, to, NULL, length, flags)`: moves up to `length` bytes from `from`
+/// (a file at `*offset`, which is advanced, or a pipe with `None`) into `to` (a pipe, or a
+/// socket when `from` is a pipe) without copying them through user space. Returns how many
+/// moved; 0 at the end of a file.
+pub fn splice(
+    from: BorrowedFd<'_>,
+    offset: Option<&mut i64>,
+    to: BorrowedFd<'_>,
+    length: usize,
+    flags: libc::c_uint,
+) -> io::Result<usize> {
+    let offset = offset.map_or(std::ptr::null_mut(), |offset| offset as *mut i64);
+    // SAFETY: `offset` is null or points to a live i64 (loff_t) the kernel reads and updates;
+    // the descriptors are borrowed for the call; no other memory is passed.
+    check_size(unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            offset,
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            length,
+            flags,
+        )
+    })
+}
+
+/// `sendmsg(socket, slices, MSG_DONTWAIT | MSG_NOSIGNAL | flags)`: a non-blocking gathered
+/// write that never raises SIGPIPE; `flags` may add `MSG_MORE`.
+pub fn send_vectored(
+    socket: BorrowedFd<'_>,
+    slices: &[io::IoSlice<'_>],
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    // SAFETY: `msghdr` is a plain C struct for which all-zero is valid (no address, no control).
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix (its documentation guarantees it); the
+    // kernel only reads through the pointer.
+    message.msg_iov = slices.as_ptr().cast_mut().cast::<libc::iovec>();
+    message.msg_iovlen = slices.len();
+    // SAFETY: `message` points at `slices.len()` valid iovecs that live for the call.
+    check_size(unsafe {
+        libc::sendmsg(
+            socket.as_raw_fd(),
+            &message,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | flags,
+        )
+    })
+}
+
+/// `read(fd, buffer)`.
+pub fn read(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buffer` is valid for writes of its length.
+    check_size(unsafe { libc::read(fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) })
+}
+
+/// The size of a memory page (a pipe holds at most one page per slot).
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory arguments.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|&size| size > 0)
+        .unwrap_or(4096)
 }
 
 /// `readlinkat(fd, "")`: the target of the symbolic link `fd` (opened with `O_PATH|O_NOFOLLOW`).

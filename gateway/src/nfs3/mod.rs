@@ -32,12 +32,17 @@ use crate::handle::{HandleBytes, Incarnation, MAX_HANDLE};
 use crate::handle_cache::{self, HandleCache, IncarnationKey};
 use crate::rpc::Call;
 use crate::service::{Connection, Export, ProcError, Service};
+use crate::splice::{PipePool, SplicedData};
 use crate::sys::{self, SetTime, Stat, Time};
 use crate::xdr::Encoder;
 use wire::{Args, CreateHow, DirOp, FileType, MknodData, SetAttributes, StableHow, Status, access};
 
 /// Largest READ and WRITE we serve (rtmax, wtmax), and our preference.
 pub const MAX_IO: u32 = 1024 * 1024;
+/// The smallest READ whose data is spliced rather than copied (on a stream transport), unless
+/// `VIPGATE_SPLICE_MIN_READ` says otherwise: below it, taking a pipe and two splices cost about
+/// what the copies they save do (BENCHMARKS.md, "nfs").
+pub const SPLICE_MIN_READ: usize = 32 * 1024;
 /// Preferred READDIR size.
 const DIR_PREFERRED: u32 = 64 * 1024;
 /// Largest READDIR/READDIRPLUS reply we build, whatever the client asks for.
@@ -254,6 +259,49 @@ fn open_for_io(object: &Object<'_>, identity: &Identity, flags: libc::c_int) -> 
     }
 }
 
+/// READ's zero-copy path: splices up to `count` bytes of `file` at `offset` into a pipe of
+/// `pipes` first (so the count is exact), then encodes READ3resok up to the opaque's length.
+/// `None` (nothing encoded) when the copy path must serve this call: no pipe to spare, a span
+/// the pipe cannot hold, nothing spliced (end of file moved), or a file system that cannot
+/// splice (remembered for its export).
+fn read_spliced(
+    pipes: &PipePool,
+    object: &Object<'_>,
+    file: &File,
+    offset: u64,
+    count: usize,
+    encoder: &mut Encoder<'_>,
+) -> Option<SplicedData> {
+    let export = object.export.id.0;
+    if !pipes.fits(offset, count) || !pipes.splices(export) {
+        return None;
+    }
+    let mut pipe = pipes.take()?;
+    let spliced = match pipe.fill(file.as_fd(), offset, count) {
+        Ok(spliced) => spliced,
+        Err(error) => {
+            // No splice_read for this file (EINVAL), or none at all: never again for this
+            // export. Other errors are the file system's; the copy path reports them.
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+            ) {
+                pipes.refuse(export);
+            }
+            return None;
+        }
+    };
+    let length = u32::try_from(spliced).ok().filter(|&length| length > 0)?;
+    let size = sys::fstat(file.as_fd()).map_or(object.stat.size, |stat| stat.size);
+    let eof = offset.saturating_add(u64::from(length)) >= size;
+    status(encoder, Status::Ok);
+    wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
+    encoder.u32(length);
+    encoder.bool(eof);
+    encoder.u32(length);
+    Some(SplicedData::new(pipe))
+}
+
 fn require_regular(stat: &Stat) -> OpResult<()> {
     match FileType::of_mode(stat.mode) {
         FileType::Regular => Ok(()),
@@ -314,13 +362,39 @@ pub fn call(
     args: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), ProcError> {
+    run(service, connection, call, args, out, None).map(drop)
+}
+
+/// [`call`] for a stream transport: a READ of at least [`SPLICE_MIN_READ`] bytes may leave its
+/// data in a pipe (returned) instead of `out`, which then ends with the opaque's length; the
+/// data and its XDR padding follow `out` on the wire.
+pub fn call_spliced(
+    service: &Service,
+    connection: &Connection,
+    call: &Call,
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Option<SplicedData>, ProcError> {
+    run(service, connection, call, args, out, Some(&service.pipes))
+}
+
+fn run(
+    service: &Service,
+    connection: &Connection,
+    call: &Call,
+    args: &[u8],
+    out: &mut Vec<u8>,
+    pipes: Option<&PipePool>,
+) -> Result<Option<SplicedData>, ProcError> {
     let args = wire::decode_args(call.procedure, args)?;
     let context = Context {
         service,
         connection,
         call,
+        pipes,
     };
     let encoder = &mut Encoder::new(out);
+    let mut spliced = None;
     match args {
         Args::Null => {}
         Args::GetAttr { object } => context.getattr(object, encoder),
@@ -336,7 +410,7 @@ pub fn call(
             file,
             offset,
             count,
-        } => context.read(file, offset, count, encoder),
+        } => spliced = context.read(file, offset, count, encoder),
         Args::Write {
             file,
             offset,
@@ -378,13 +452,15 @@ pub fn call(
             count: _,
         } => context.commit(file, encoder),
     }
-    Ok(())
+    Ok(spliced)
 }
 
 struct Context<'a> {
     service: &'a Service,
     connection: &'a Connection,
     call: &'a Call,
+    /// Where a READ may take a pipe for its data; `None` on transports that cannot splice.
+    pipes: Option<&'a PipePool>,
 }
 
 /// What MKDIR, SYMLINK and MKNOD create.
@@ -595,10 +671,15 @@ impl Context<'_> {
         }
     }
 
-    fn read(&self, handle: &[u8], offset: u64, count: u32, encoder: &mut Encoder<'_>) {
-        let Some(object) = self.resolve_or_reply(handle, encoder, no_attributes) else {
-            return;
-        };
+    /// READ: the data goes into the reply, or, spliced, into a pipe that is returned.
+    fn read(
+        &self,
+        handle: &[u8],
+        offset: u64,
+        count: u32,
+        encoder: &mut Encoder<'_>,
+    ) -> Option<SplicedData> {
+        let object = self.resolve_or_reply(handle, encoder, no_attributes)?;
         let count = count.min(MAX_IO) as usize;
         let identity = self.identity(object.export);
         let file = require_regular(&object.stat).and_then(|()| {
@@ -611,7 +692,7 @@ impl Context<'_> {
             Err(error) => {
                 status(encoder, error);
                 wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
-                return;
+                return None;
             }
         };
         // Read straight into the reply: status, attributes, count, eof, then the opaque data.
@@ -620,6 +701,12 @@ impl Context<'_> {
         // gets a short read without eof, and the client reads on.
         let count = count
             .min(usize::try_from(object.stat.size.saturating_sub(offset)).unwrap_or(usize::MAX));
+        if let Some(pipes) = self.pipes
+            && count >= pipes.min_read()
+            && let Some(data) = read_spliced(pipes, &object, &file, offset, count, encoder)
+        {
+            return Some(data);
+        }
         let start = encoder.position();
         status(encoder, Status::Ok);
         wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
@@ -646,7 +733,7 @@ impl Context<'_> {
             let encoder = &mut Encoder::new(out);
             status(encoder, Status::from_io(&error));
             wire::post_op_attr(encoder, Some(&object.stat), object.fsid());
-            return;
+            return None;
         }
         let size = sys::fstat(file.as_fd()).map_or(object.stat.size, |stat| stat.size);
         let eof = offset.saturating_add(filled as u64) >= size;
@@ -656,6 +743,7 @@ impl Context<'_> {
         out[count_at..count_at + 4].copy_from_slice(&filled32.to_be_bytes());
         out[count_at + 4..count_at + 8].copy_from_slice(&u32::from(eof).to_be_bytes());
         out[count_at + 8..count_at + 12].copy_from_slice(&filled32.to_be_bytes());
+        None
     }
 
     fn write(
