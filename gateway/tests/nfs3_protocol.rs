@@ -24,22 +24,12 @@ use gateway::xdr::Decoder;
 const UNSTABLE: u32 = 0;
 const FILE_SYNC: u32 = 2;
 
-fn squash_none_server() -> (tempfile::TempDir, TestServer) {
-    let volume = volume();
-    common::make_dir(volume.path().join("data"));
-    let server = TestServer::start(
-        volume.path(),
-        &[TestExport::rw("data", "data", Squash::None)],
-    );
-    (volume, server)
-}
-
 #[test]
 fn portmap_and_rpcbind_point_at_the_nfs_port() {
     if !common::root_or_skip("portmap_and_rpcbind_point_at_the_nfs_port") {
         return;
     }
-    let (_volume, server) = squash_none_server();
+    let (_volume, server) = common::data_server();
     let port = u32::from(server.address.port());
     let mut rpc = server.client();
     assert_eq!(common::getport(&mut rpc, NFS_PROGRAM, 3, 6), port);
@@ -177,7 +167,7 @@ fn files_directories_and_links_through_every_procedure() {
     if !common::root_or_skip("files_directories_and_links_through_every_procedure") {
         return;
     }
-    let (volume, server) = squash_none_server();
+    let (volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     let root_fh = nfs.mnt("/data").unwrap();
     let root_attr = nfs.getattr(&root_fh).unwrap();
@@ -307,7 +297,7 @@ fn unstable_writes_commit_with_the_incarnation_verifier() {
     if !common::root_or_skip("unstable_writes_commit_with_the_incarnation_verifier") {
         return;
     }
-    let (volume, server) = squash_none_server();
+    let (volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     let root_fh = nfs.mnt("/data").unwrap();
     let (file, _) = nfs.create(&root_fh, b"big", 1, 0o644).unwrap();
@@ -345,7 +335,7 @@ fn exclusive_create_recognises_its_retransmission() {
     if !common::root_or_skip("exclusive_create_recognises_its_retransmission") {
         return;
     }
-    let (_volume, server) = squash_none_server();
+    let (_volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     let root_fh = nfs.mnt("/data").unwrap();
     let verifier = *b"\x12\x34\x56\x78\x9a\xbc\xde\xf0";
@@ -776,7 +766,7 @@ fn many_calls_in_flight_on_one_connection() {
     if !common::root_or_skip("many_calls_in_flight_on_one_connection") {
         return;
     }
-    let (volume, server) = squash_none_server();
+    let (volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     let root_fh = nfs.mnt("/data").unwrap();
     for index in 0..20 {
@@ -827,7 +817,7 @@ fn large_replies_in_flight_arrive_whole_and_in_one_piece_each() {
     if !common::root_or_skip("large_replies_in_flight_arrive_whole_and_in_one_piece_each") {
         return;
     }
-    let (volume, server) = squash_none_server();
+    let (volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     let root_fh = nfs.mnt("/data").unwrap();
     // Two files of 1 MiB with different patterns, read whole 40 times each, every call sent
@@ -877,7 +867,7 @@ fn rpc_level_errors() {
     if !common::root_or_skip("rpc_level_errors") {
         return;
     }
-    let (_volume, server) = squash_none_server();
+    let (_volume, server) = common::data_server();
     let mut rpc = server.client();
     let cases: Vec<(u32, u32, u32, Vec<u8>, ReplyBody)> = vec![
         (

@@ -19,8 +19,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use cluster_config::Squash;
-use common::{Args, Nfs, Outcome, RpcClient, TestExport, TestServer, root, volume};
+use common::{Args, Nfs, Outcome, RpcClient, TestServer, root};
 use gateway::nfs3::SPLICE_MIN_READ;
 use gateway::record::encode_record;
 use gateway::rpc::{Call, NFS_PROGRAM, OpaqueAuth};
@@ -30,16 +29,6 @@ use gateway::xdr::{Decoder, Encoder};
 const READ: u32 = 6;
 const MIB: usize = 1 << 20;
 const PAGE: usize = 4096;
-
-fn server() -> (tempfile::TempDir, TestServer) {
-    let volume = volume();
-    common::make_dir(volume.path().join("data"));
-    let server = TestServer::start(
-        volume.path(),
-        &[TestExport::rw("data", "data", Squash::None)],
-    );
-    (volume, server)
-}
 
 /// Bytes no two offsets of a few MiB share by accident (not a multiple of 4 or of a page).
 fn pattern(length: usize, seed: u8) -> Vec<u8> {
@@ -99,7 +88,7 @@ fn spliced_reads_match_the_file_whatever_their_size_and_offset() {
     if !common::root_or_skip("spliced_reads_match_the_file_whatever_their_size_and_offset") {
         return;
     }
-    let (volume, server) = server();
+    let (volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     // 3 MiB and 3 bytes: the last READ's data needs padding.
     let content = pattern(3 * MIB + 3, 0);
@@ -167,7 +156,7 @@ fn holes_read_as_zeros() {
     if !common::root_or_skip("holes_read_as_zeros") {
         return;
     }
-    let (volume, server) = server();
+    let (volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     let path = volume.path().join("data/sparse");
     let data = pattern(100_000, 7);
@@ -202,7 +191,7 @@ fn a_file_truncated_while_it_is_read_gets_well_formed_replies() {
     if !common::root_or_skip("a_file_truncated_while_it_is_read_gets_well_formed_replies") {
         return;
     }
-    let (volume, server) = server();
+    let (volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     let content = pattern(4 * MIB, 3);
     let handle = file(&volume, &mut nfs, "shrinking", &content);
@@ -256,7 +245,7 @@ fn many_reads_in_flight_on_one_connection_arrive_whole() {
     if !common::root_or_skip("many_reads_in_flight_on_one_connection_arrive_whole") {
         return;
     }
-    let (volume, server) = server();
+    let (volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     let contents = [pattern(3 * MIB + 1, 1), pattern(2 * MIB + 2, 2)];
     let handles: Vec<Vec<u8>> = contents
@@ -312,7 +301,7 @@ fn a_client_that_stops_reading_holds_no_more_pipes_than_its_slots() {
     if !common::root_or_skip("a_client_that_stops_reading_holds_no_more_pipes_than_its_slots") {
         return;
     }
-    let (volume, server) = server();
+    let (volume, server) = common::data_server();
     let slots = gateway::Limits::default().requests_per_connection;
     let mut nfs = server.nfs(root());
     let content = pattern(2 * MIB, 5);
@@ -363,7 +352,7 @@ fn a_connection_closed_mid_reply_never_returns_a_dirty_pipe() {
     if !common::root_or_skip("a_connection_closed_mid_reply_never_returns_a_dirty_pipe") {
         return;
     }
-    let (volume, server) = server();
+    let (volume, server) = common::data_server();
     let mut nfs = server.nfs(root());
     let contents = [pattern(2 * MIB, 9), pattern(2 * MIB, 10)];
     let handles: Vec<Vec<u8>> = contents

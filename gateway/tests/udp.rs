@@ -12,8 +12,6 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use cluster_config::Squash;
-use common::{TestExport, TestServer};
 use gateway::rpc::{
     AcceptStatus, Call, Credential, MOUNT_PROGRAM, NFS_PROGRAM, OpaqueAuth, PORTMAP_PROGRAM,
     ReplyBody, decode_reply,
@@ -40,12 +38,7 @@ fn portmap_and_mount_answer_datagrams_and_nfs_is_unavailable() {
     if !common::root_or_skip("portmap_and_mount_answer_datagrams_and_nfs_is_unavailable") {
         return;
     }
-    let volume = common::volume();
-    common::make_dir(volume.path().join("data"));
-    let server = TestServer::start(
-        volume.path(),
-        &[TestExport::rw("data", "data", Squash::None)],
-    );
+    let (_volume, server) = common::data_server();
     let peer: SocketAddr = "192.0.2.101:700".parse().unwrap();
     let local: SocketAddr = "192.0.2.201:2049".parse().unwrap();
     let answer = |datagram: &[u8]| gateway::udp::answer(&server.service, peer, local, datagram);

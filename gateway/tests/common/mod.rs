@@ -907,6 +907,19 @@ pub fn getport(rpc: &mut RpcClient, program: u32, version: u32, protocol: u32) -
     Decoder::new(&results).u32().unwrap()
 }
 
+/// A server exporting the volume's `data` directory (made here) read-write to everyone, without
+/// squashing, as `/data`; the volume goes with it.
+#[allow(dead_code, reason = "not every test file uses it")]
+pub fn data_server() -> (tempfile::TempDir, TestServer) {
+    let volume = volume();
+    make_dir(volume.path().join("data"));
+    let server = TestServer::start(
+        volume.path(),
+        &[TestExport::rw("data", "data", Squash::None)],
+    );
+    (volume, server)
+}
+
 /// A temporary volume directory on the machine's disk (not tmpfs, which has no stable handles
 /// across its remounts, though it has them within one).
 pub fn volume() -> tempfile::TempDir {
