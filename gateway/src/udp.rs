@@ -258,6 +258,15 @@ fn send(
 ) -> nix::Result<usize> {
     let iov = [IoSlice::new(reply)];
     let destination = SockaddrStorage::from(peer);
+    let send = |control: &[ControlMessage<'_>]| {
+        sendmsg(
+            socket.as_raw_fd(),
+            &iov,
+            control,
+            MsgFlags::empty(),
+            Some(&destination),
+        )
+    };
     match local.ip() {
         IpAddr::V4(address) if !address.is_unspecified() => {
             let info = libc::in_pktinfo {
@@ -267,14 +276,7 @@ fn send(
                 },
                 ipi_addr: libc::in_addr { s_addr: 0 },
             };
-            let control = [ControlMessage::Ipv4PacketInfo(&info)];
-            sendmsg(
-                socket.as_raw_fd(),
-                &iov,
-                &control,
-                MsgFlags::empty(),
-                Some(&destination),
-            )
+            send(&[ControlMessage::Ipv4PacketInfo(&info)])
         }
         IpAddr::V6(address) if !address.is_unspecified() => {
             let info = libc::in6_pktinfo {
@@ -283,22 +285,9 @@ fn send(
                 },
                 ipi6_ifindex: 0,
             };
-            let control = [ControlMessage::Ipv6PacketInfo(&info)];
-            sendmsg(
-                socket.as_raw_fd(),
-                &iov,
-                &control,
-                MsgFlags::empty(),
-                Some(&destination),
-            )
+            send(&[ControlMessage::Ipv6PacketInfo(&info)])
         }
-        _ => sendmsg(
-            socket.as_raw_fd(),
-            &iov,
-            &[],
-            MsgFlags::empty(),
-            Some(&destination),
-        ),
+        _ => send(&[]),
     }
 }
 
