@@ -483,8 +483,18 @@ pub fn filesystem_name(magic: i64) -> String {
 /// copied from it): ext4, xfs, btrfs and tmpfs. Shared file systems (CephFS, NFS, anything
 /// unknown) stamp them with some node's clock, or their servers'.
 pub fn stamps_with_local_clock(magic: i64) -> bool {
-    matches!(magic, 0xef53 | 0x5846_5342 | 0x9123_683e | 0x0102_1994)
+    LOCAL_FILESYSTEMS.contains(&magic)
 }
+
+/// Whether every change to a file system of this `statfs` magic goes through this machine's
+/// kernel, so that its change notification sees them all: the same local file systems (a
+/// shared volume changes on other nodes too).
+pub fn changes_only_through_this_kernel(magic: i64) -> bool {
+    LOCAL_FILESYSTEMS.contains(&magic)
+}
+
+/// ext4 (and ext2/3), xfs, btrfs, tmpfs.
+const LOCAL_FILESYSTEMS: [i64; 4] = [0xef53, 0x5846_5342, 0x9123_683e, 0x0102_1994];
 
 /// The kinds of [`ObjectResolver`] the gateway has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,9 +553,14 @@ pub struct KernelResolver {
 
 /// Kernel object id: the handle type (4 bytes) followed by the kernel's handle bytes.
 fn kernel_object_id(handle: &sys::KernelHandle) -> Option<ObjectId> {
-    let bytes = handle.bytes();
+    kernel_object_id_of(handle.handle_type, handle.bytes())
+}
+
+/// The object id [`KernelResolver`] gives the kernel handle `bytes` of type `handle_type`
+/// (`None` when it does not fit).
+pub fn kernel_object_id_of(handle_type: i32, bytes: &[u8]) -> Option<ObjectId> {
     let mut id = [0u8; MAX_OBJECT_ID];
-    id[..4].copy_from_slice(&handle.handle_type.to_be_bytes());
+    id[..4].copy_from_slice(&handle_type.to_be_bytes());
     id.get_mut(4..4 + bytes.len())?.copy_from_slice(bytes);
     ObjectId::new(&id[..4 + bytes.len()])
 }

@@ -26,6 +26,7 @@ use crate::handle::{
 };
 use crate::handle_cache::HandleCache;
 use crate::hostname::HostNames;
+use crate::listing_cache::ListingCache;
 use crate::record::LAST_FRAGMENT;
 use crate::rpc::{
     AcceptStatus, Call, MOUNT_PROGRAM, NFS_PROGRAM, PORTMAP_PROGRAM, ReplyBody, ReplyHeader,
@@ -86,6 +87,8 @@ pub struct Export {
     pub policy: Policy,
     /// The cluster's handle key (the same for every export).
     pub(crate) key: HandleKey,
+    /// The `f_fsid` of the export's file system when the listing cache watches it.
+    pub(crate) listing_fsid: Option<u64>,
 }
 
 impl Export {
@@ -224,6 +227,8 @@ pub struct Service {
     duplicates: DuplicateCache,
     /// Sealed handles by inode incarnation (handles only, never attributes).
     pub(crate) handle_cache: HandleCache,
+    /// READDIRPLUS runs of exports on local file systems (`listing_cache`).
+    pub(crate) listings: Option<Arc<ListingCache>>,
     /// Pipes for READ replies whose data is spliced (`handle_stream`).
     pub(crate) pipes: PipePool,
 }
@@ -323,8 +328,10 @@ impl Service {
                 resolver,
                 policy: spec.policy,
                 key: options.handle_key.clone(),
+                listing_fsid: None,
             });
         }
+        let listings = start_listing_cache(&mut exports);
         let write_verifier = match options.write_verifier {
             Some(verifier) => verifier,
             None => sys::random_u64()
@@ -341,6 +348,7 @@ impl Service {
             file_locks: std::array::from_fn(|_| Mutex::new(())),
             duplicates: DuplicateCache::new(drc::Limits::default()),
             handle_cache: HandleCache::new(crate::handle_cache::DEFAULT_CAPACITY),
+            listings,
             pipes: PipePool::new(
                 crate::splice::DEFAULT_PIPES,
                 nfs3::MAX_IO as usize,
@@ -357,6 +365,11 @@ impl Service {
     /// The cache of sealed handles by inode incarnation (`handle_cache`).
     pub fn handle_cache(&self) -> &HandleCache {
         &self.handle_cache
+    }
+
+    /// The READDIRPLUS listing cache, when some export uses it.
+    pub fn listing_cache(&self) -> Option<&ListingCache> {
+        self.listings.as_deref()
     }
 
     /// The counters of the pipes spliced READ replies use.
@@ -504,6 +517,44 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         self.cache.abandon(self.key);
     }
+}
+
+/// Starts the listing cache for the exports whose file system only this kernel changes and
+/// whose handles are kernel handles (the cache's events name objects by them), unless
+/// `VIPGATE_LISTING_CACHE=off`. Without `CAP_SYS_ADMIN` or fanotify's file id reports (Linux
+/// 5.17) the exports are simply served without it.
+fn start_listing_cache(exports: &mut [Export]) -> Option<Arc<ListingCache>> {
+    if std::env::var_os("VIPGATE_LISTING_CACHE").is_some_and(|value| value == "off") {
+        tracing::info!("listing cache off (VIPGATE_LISTING_CACHE=off)");
+        return None;
+    }
+    let eligible = |export: &Export| {
+        export.resolver.scheme() == crate::handle::KERNEL_SCHEME
+            && sys::fstatfs(export.root.as_fd())
+                .is_ok_and(|fs| crate::handle::changes_only_through_this_kernel(fs.magic))
+    };
+    if !exports.iter().any(eligible) {
+        return None;
+    }
+    let cache = match ListingCache::start(crate::listing_cache::DEFAULT_LIMIT) {
+        Ok(cache) => cache,
+        Err(error) => {
+            tracing::info!(%error, "listing cache off: cannot watch file systems");
+            return None;
+        }
+    };
+    for export in exports.iter_mut().filter(|export| eligible(export)) {
+        match cache.watch(export.root.as_fd()) {
+            Ok(fsid) => {
+                tracing::debug!(export = %export.name, "listing cache on");
+                export.listing_fsid = Some(fsid);
+            }
+            Err(error) => {
+                tracing::info!(export = %export.name, %error, "listing cache off for this export");
+            }
+        }
+    }
+    Some(cache)
 }
 
 /// The smallest READ to splice: `nfs3::SPLICE_MIN_READ`, or what `VIPGATE_SPLICE_MIN_READ` says

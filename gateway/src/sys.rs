@@ -360,6 +360,25 @@ pub struct FsStat {
     pub files: u64,
     pub files_free: u64,
     pub name_max: u64,
+    /// `f_fsid`, its two words as one number (how [`crate::fanotify`] reports it).
+    pub fsid: u64,
+}
+
+/// Whether the calling thread's file system credentials may search (look names up in) the
+/// directory `dir`: `faccessat2(dir, "", X_OK, AT_EACCESS | AT_EMPTY_PATH)`, which checks with
+/// the credentials in effect (the per-thread fsuid and groups), not the real ids.
+pub fn may_search(dir: BorrowedFd<'_>) -> bool {
+    // SAFETY: faccessat2 with an empty NUL-terminated path and integer arguments.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_faccessat2,
+            dir.as_raw_fd(),
+            EMPTY.as_ptr(),
+            libc::X_OK,
+            libc::AT_EACCESS | libc::AT_EMPTY_PATH,
+        )
+    };
+    result == 0
 }
 
 /// `fstatfs(fd)`; works on `O_PATH` descriptors.
@@ -384,6 +403,11 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<FsStat> {
         files: buffer.f_files as u64,
         files_free: buffer.f_ffree as u64,
         name_max: unsigned(buffer.f_namelen as i64),
+        fsid: {
+            // SAFETY: `fsid_t` is two C ints (its field is private in the libc crate).
+            let words: [u32; 2] = unsafe { std::mem::transmute(buffer.f_fsid) };
+            u64::from(words[0]) | u64::from(words[1]) << 32
+        },
     })
 }
 

@@ -607,6 +607,13 @@ fn wait_until_clock_passed(dir: &std::path::Path) {
     }
 }
 
+/// Changes `dir`'s entries and back, so that the next listing is read afresh (not answered
+/// from the listing cache) and consults the handle cache.
+fn drop_listings(dir: &std::path::Path) {
+    std::fs::create_dir(dir.join("nudge")).unwrap();
+    std::fs::remove_dir(dir.join("nudge")).unwrap();
+}
+
 /// `(name, handle)` of every READDIRPLUS entry but `.` and `..`.
 fn listed_handles(nfs: &mut common::Nfs, dir: &[u8]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     nfs.readdir_all(dir, 64 * 1024, true)
@@ -638,6 +645,7 @@ fn cached_handles_are_the_uncached_ones_and_follow_inodes() {
     a.lookup(&root_fh, b"old-00").unwrap();
 
     wait_until_clock_passed(&data);
+    drop_listings(&data);
     // Once the kernel's timestamp clock has passed their birth (this is a local file system,
     // which only this machine's clock stamps), the next listing fills the cache and the one
     // after is served from it; both give the bytes the uncached path gave, and so does a node
@@ -731,6 +739,7 @@ fn a_file_made_again_is_never_listed_with_its_predecessor_s_handle() {
         let old_inode = inode(&path);
         if round % 2 == 0 {
             wait_until_clock_passed(&data);
+            drop_listings(&data);
         }
         let old_handle = listed_handles(&mut nfs, &root_fh)[&b"again"[..]].clone();
         let cached = server.service.handle_cache().len() > cached_at_birth;

@@ -30,6 +30,7 @@ use crate::creds::{self, Identity};
 use crate::handle::{FileHandle, HandleError};
 use crate::handle::{HandleBytes, Incarnation, MAX_HANDLE};
 use crate::handle_cache::{self, HandleCache, IncarnationKey};
+use crate::listing_cache::{FsObject, ListingCache, Run, RunKey};
 use crate::rpc::Call;
 use crate::service::{Connection, Export, ProcError, Service};
 use crate::splice::{PipePool, SplicedData};
@@ -1095,15 +1096,51 @@ impl Context<'_> {
             as_caller(&identity, || {
                 let opened = sys::reopen(dir.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
                     .map_err(|e| Status::from_io(&e))?;
-                let cache = plus.and_then(|()| cache_for(self.service, dir.export));
-                list_directory(
+                let Some(()) = plus else {
+                    return list_directory(&dir, &opened, handle, cookie, maxcount, None, None);
+                };
+                let cache = cache_for(self.service, dir.export);
+                // The listing cache holds what any caller may see once it may search the
+                // directory (a caller that may not gets no attributes or handles).
+                let cached = self
+                    .listing_key(&dir, handle, cookie)
+                    .filter(|_| sys::may_search(opened.as_fd()));
+                let Some((listings, key)) = cached else {
+                    return list_directory(
+                        &dir,
+                        &opened,
+                        handle,
+                        cookie,
+                        maxcount,
+                        Some(cache),
+                        None,
+                    );
+                };
+                let (run, ticket) = listings.lookup(&key);
+                let answer =
+                    run.and_then(|run| list_from_run(&run, &dir, &opened, handle, maxcount, cache));
+                listings.count(answer.is_some());
+                if let Some(answer) = answer {
+                    return answer;
+                }
+                let mut recorder = Recorder {
+                    run: Run::default(),
+                    objects: Vec::new(),
+                    fsid: key.dir.fsid,
+                };
+                let listed = list_directory(
                     &dir,
                     &opened,
                     handle,
                     cookie,
                     maxcount,
-                    plus.map(|()| cache),
-                )
+                    Some(cache),
+                    Some(&mut recorder),
+                )?;
+                recorder.run.eof = listed.1;
+                recorder.run.budget = entries_budget(maxcount);
+                listings.store(ticket, key, recorder.run, recorder.objects);
+                Ok(listed)
             })
         });
         match listing {
@@ -1237,6 +1274,120 @@ fn verifier_times(verifier: [u8; 8]) -> (Time, Time) {
     )
 }
 
+impl Context<'_> {
+    /// The listing cache and the key of `dir`'s run from `cookie`, when `dir`'s export uses
+    /// the cache.
+    fn listing_key(
+        &self,
+        dir: &Object<'_>,
+        handle: &[u8],
+        cookie: u64,
+    ) -> Option<(&ListingCache, RunKey)> {
+        let listings = self.service.listings.as_deref()?;
+        let fsid = dir.export.listing_fsid?;
+        let id = HandleBytes::new(handle)?.object_id()?;
+        Some((
+            listings,
+            RunKey {
+                dir: FsObject { fsid, id },
+                export: dir.export.id,
+                cookie,
+            },
+        ))
+    }
+}
+
+/// What a live READDIRPLUS listing records for the listing cache: the run it encoded and the
+/// objects whose attributes the run holds.
+struct Recorder {
+    run: Run,
+    objects: Vec<FsObject>,
+    fsid: u64,
+}
+
+impl Recorder {
+    /// Records the entry `encoded` (name at `name`, attributes from `prefix_end`), described by
+    /// `stat` and `handle`. Only regular files and symbolic links with one link, with both
+    /// attributes and handle, are cached; every other entry stays fresh (`listing_cache`).
+    fn record(
+        &mut self,
+        encoded: &[u8],
+        name: std::ops::Range<usize>,
+        prefix_end: usize,
+        stat: Option<&Stat>,
+        handle: Option<&HandleBytes>,
+    ) {
+        let object = match (stat, handle) {
+            (Some(stat), Some(handle))
+                if stat.nlink == 1
+                    && (stat.is_regular() || stat.is_symlink())
+                    && !matches!(&encoded[name.clone()], b"." | b"..") =>
+            {
+                handle.object_id()
+            }
+            _ => None,
+        };
+        self.run.push(encoded, name, prefix_end, object.is_none());
+        if let Some(id) = object {
+            self.objects.push(FsObject {
+                fsid: self.fsid,
+                id,
+            });
+        }
+    }
+}
+
+/// Encodes a READDIRPLUS reply's entries from a cached `run` (its fresh entries' attributes and
+/// handles read now), as [`list_directory`] would; `None` when the reply has room for more than
+/// the run was listed for and the run does not reach the end of the directory (the caller
+/// lists live). (A reply with fewer entries than would fit is valid: the client goes on from
+/// its last cookie.)
+fn list_from_run(
+    run: &Run,
+    dir: &Object<'_>,
+    opened: &OwnedFd,
+    dir_handle: &[u8],
+    maxcount: u32,
+    cache: Option<CacheUse<'_>>,
+) -> Option<OpResult<(Vec<u8>, bool)>> {
+    let fsid = dir.export.fsid();
+    let budget = entries_budget(maxcount);
+    let mut entries = Vec::with_capacity(run.bytes.len().min(budget) + MAX_ENTRY);
+    for index in 0..run.entries.len() {
+        let start = entries.len();
+        let (bytes, fresh) = run.entry(index);
+        entries.extend_from_slice(bytes);
+        if let Some(name) = fresh {
+            let name = std::ffi::CString::new(name).ok()?;
+            let (stat, handle) = entry_attributes(dir, opened, dir_handle, &name, cache);
+            let encoder = &mut Encoder::new(&mut entries);
+            wire::post_op_attr(encoder, stat.as_ref(), fsid);
+            wire::post_op_fh3(encoder, handle.as_ref().map(HandleBytes::as_bytes));
+        }
+        if entries.len() > budget {
+            if index == 0 {
+                return Some(Err(Status::TooSmall));
+            }
+            entries.truncate(start);
+            return Some(Ok((entries, false)));
+        }
+    }
+    if run.eof {
+        Some(Ok((entries, true)))
+    } else if budget <= run.budget {
+        Some(Ok((entries, false)))
+    } else {
+        None
+    }
+}
+
+/// The bytes a READDIR(PLUS) reply of `maxcount` has for its entries: all but the fixed parts
+/// (status, directory attributes, verifier, the final FALSE and eof).
+fn entries_budget(maxcount: u32) -> usize {
+    let overhead = 4 + wire::POST_OP_ATTR_SIZE + 8 + 4 + 4;
+    (maxcount.min(MAX_DIR_REPLY) as usize).saturating_sub(overhead)
+}
+
 /// Lists `opened` (the directory `dir`, open for reading) from `cookie`, encoding entries
 /// (`entry3`, or `entryplus3` when `plus` is given, each preceded by TRUE) until the reply would
 /// exceed `maxcount`. `plus` carries the handle cache, if the export may use one. Returns the
@@ -1248,13 +1399,12 @@ fn list_directory(
     cookie: u64,
     maxcount: u32,
     plus: Option<Option<CacheUse<'_>>>,
+    mut recorder: Option<&mut Recorder>,
 ) -> OpResult<(Vec<u8>, bool)> {
     let export = dir.export;
     let fsid = export.fsid();
     let at_root = dir.stat.same_object(&export.root_stat);
-    // Fixed parts of the reply: status, dir attributes, verifier, final FALSE and eof.
-    let overhead = 4 + wire::POST_OP_ATTR_SIZE + 8 + 4 + 4;
-    let budget = (maxcount.min(MAX_DIR_REPLY) as usize).saturating_sub(overhead);
+    let budget = entries_budget(maxcount);
     // Entries are encoded in place; the one that does not fit is cut off again, so room for
     // one more than the budget means no reallocation.
     let mut entries = Vec::with_capacity(budget.min(64 * 1024) + MAX_ENTRY);
@@ -1295,12 +1445,16 @@ fn list_directory(
                 entry.ino
             };
             encoder.u64(fileid);
+            let name_start = encoder.position() + 4 - start;
             let _ = encoder.opaque(name, u32::MAX);
             encoder.u64(entry.next_offset);
+            let prefix_end = encoder.position() - start;
+            let mut described = None;
             if let Some(cache) = plus {
                 let (stat, handle) = entry_attributes(dir, opened, dir_handle, entry.name, cache);
                 wire::post_op_attr(encoder, stat.as_ref(), fsid);
                 wire::post_op_fh3(encoder, handle.as_ref().map(HandleBytes::as_bytes));
+                described = Some((stat, handle));
             }
             if entries.len() > budget {
                 if count == 0 {
@@ -1308,6 +1462,16 @@ fn list_directory(
                 }
                 entries.truncate(start);
                 return Ok((entries, false));
+            }
+            if let Some(recorder) = recorder.as_deref_mut() {
+                let (stat, handle) = described.unwrap_or_default();
+                recorder.record(
+                    &entries[start..],
+                    name_start..name_start + name.len(),
+                    prefix_end,
+                    stat.as_ref(),
+                    handle.as_ref(),
+                );
             }
             records_used += entry.record_length;
             encoded_used += entries.len() - start;
