@@ -2,13 +2,15 @@
 //! file ids, with a filesystem mark per watched file system, and the pure decoding of the events
 //! it reports. [`crate::listing_cache`] uses it to know when a cached listing went stale.
 //!
-//! The group reports `FAN_REPORT_DFID_NAME_TARGET`: every event names the directory an entry
-//! changed in (or the parent of a changed file, as the kernel saw it) with the entry's name, and
-//! the changed object itself, each as a file system id (`fsid`) and a kernel file handle — the
-//! same bytes `name_to_handle_at` gives, so they compare with the object ids of
-//! [`crate::handle::KernelResolver`]. The kernel queues an event before the system call that
-//! caused it returns, which is what makes "read the queue, then answer from the cache" see every
-//! change a local program finished before the request arrived.
+//! The group reports `FAN_REPORT_DIR_FID | FAN_REPORT_FID`: an event that changes a
+//! directory's entries names that directory; an event about a file names the file and its
+//! parent (by the path the change used); an event about a directory itself names the
+//! directory. Each is a file system id (`fsid`) and a kernel file handle — the same bytes
+//! `name_to_handle_at` gives, so they compare with the object ids of
+//! [`crate::handle::KernelResolver`]. No names: the kernel need not copy them, and more events
+//! merge in its queue. The kernel queues an event before the system call that caused it
+//! returns, which is what makes "read the queue, then answer from the cache" see every change a
+//! local program finished before the request arrived.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -17,7 +19,9 @@ use crate::sys;
 
 /// What a filesystem mark asks for: every change of a directory's entries, of a file's data or
 /// attributes (`FAN_ACCESS` too: a read may move the access time), on directories as well.
-/// Opens and closes change nothing a listing shows.
+/// Opens and closes change nothing a listing shows; a file's deletion or move is also a change
+/// of its directory's entries (`FAN_DELETE_SELF` and `FAN_MOVE_SELF` would only add events),
+/// and a change of its link count is `FAN_ATTRIB`.
 pub const MASK: u64 = libc::FAN_ACCESS
     | libc::FAN_MODIFY
     | libc::FAN_ATTRIB
@@ -25,8 +29,6 @@ pub const MASK: u64 = libc::FAN_ACCESS
     | libc::FAN_DELETE
     | libc::FAN_MOVED_FROM
     | libc::FAN_MOVED_TO
-    | libc::FAN_DELETE_SELF
-    | libc::FAN_MOVE_SELF
     | libc::FAN_ONDIR;
 
 /// The events that change which entries a directory has.
@@ -40,13 +42,14 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// A new group (needs `CAP_SYS_ADMIN`; fails with `EINVAL` on kernels before 5.17, which
-    /// lack `FAN_REPORT_TARGET_FID`).
+    /// A new group (needs `CAP_SYS_ADMIN`; fails with `EINVAL` on kernels before 5.9, which
+    /// lack `FAN_REPORT_DIR_FID`).
     pub fn new() -> io::Result<Watch> {
         let flags = libc::FAN_CLASS_NOTIF
             | libc::FAN_CLOEXEC
             | libc::FAN_NONBLOCK
-            | libc::FAN_REPORT_DFID_NAME_TARGET;
+            | libc::FAN_REPORT_DIR_FID
+            | libc::FAN_REPORT_FID;
         // SAFETY: fanotify_init takes two flag words and returns a new descriptor or -1.
         let fd = unsafe { libc::fanotify_init(flags, libc::O_RDONLY as libc::c_uint) };
         if fd < 0 {
@@ -158,12 +161,12 @@ pub struct Fid<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event<'a> {
     pub mask: u64,
-    /// The directory: where an entry was created, deleted or moved, or the parent (by the
-    /// path used) of a changed object. Events about a directory itself carry the directory
-    /// and the name `.`.
+    /// The directory: where an entry was created, deleted or moved, the parent (by the path
+    /// used) of a changed file, or a changed directory itself.
     pub dir: Option<Fid<'a>>,
+    /// The entry's name, when the group reports names (this one does not).
     pub name: Option<&'a [u8]>,
-    /// The changed object (absent for events about a directory itself).
+    /// The changed file.
     pub object: Option<Fid<'a>>,
 }
 
@@ -365,6 +368,13 @@ mod tests {
         );
         buffer.extend(event(libc::FAN_Q_OVERFLOW, &[]));
         buffer.extend(event(
+            libc::FAN_MODIFY,
+            &[
+                fid_record(libc::FAN_EVENT_INFO_TYPE_DFID, [7, 9], 1, &dir_handle),
+                fid_record(libc::FAN_EVENT_INFO_TYPE_FID, [7, 9], 1, &file_handle),
+            ],
+        ));
+        buffer.extend(event(
             libc::FAN_ACCESS | libc::FAN_ONDIR,
             &[fid_record_named(
                 libc::FAN_EVENT_INFO_TYPE_DFID_NAME,
@@ -400,6 +410,20 @@ mod tests {
                     object: None
                 },
                 Event {
+                    mask: libc::FAN_MODIFY,
+                    dir: Some(Fid {
+                        fsid,
+                        handle_type: 1,
+                        handle: &dir_handle
+                    }),
+                    name: None,
+                    object: Some(Fid {
+                        fsid,
+                        handle_type: 1,
+                        handle: &file_handle
+                    }),
+                },
+                Event {
                     mask: libc::FAN_ACCESS | libc::FAN_ONDIR,
                     dir: Some(Fid {
                         fsid,
@@ -411,7 +435,7 @@ mod tests {
                 },
             ]
         );
-        assert!(decoded[1].is_overflow() && !decoded[0].is_overflow());
+        assert!(decoded[1].is_overflow() && !decoded[0].is_overflow() && !decoded[2].is_overflow());
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!
 //! On it sit the programs ([`portmap`], [`mount`], [`nfs3`]), the policy and safety pieces
 //! ([`export`] client lists and squash, [`handle`] failover-safe handles, [`handle_cache`] their
-//! cache by inode incarnation and [`gfid`] their GlusterFS resolver, [`drc`] the duplicate
+//! cache by inode incarnation and [`gfid`] their GlusterFS resolver, [`listing_cache`] the
+//! READDIRPLUS cache of local file systems and [`fanotify`] its change events, [`drc`] the duplicate
 //! request cache, [`creds`] per-thread
 //! credentials, [`sys`] the system calls, [`splice`] zero-copy READ replies), the [`service::Service`] that holds the open exports
 //! and runs calls, and [`server`], the tokio loop. A connection task drives them in this order

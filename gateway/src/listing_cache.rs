@@ -21,8 +21,8 @@
 //! empties the cache.
 //!
 //! What an event drops: an event that changes a directory's entries (create, delete, move)
-//! drops that directory's runs; an event about an object (data, attributes — a read, for its
-//! access time — deletion, move) drops the runs of the directory that listed it
+//! drops that directory's runs; an event about a file (data, attributes — a read, for its
+//! access time, a change of its link count) drops the runs of the directory that listed it
 //! (`objects`). Entries whose attributes could change without an event reaching that
 //! directory are not cached but read afresh at every use (*fresh* entries): `.` and `..`,
 //! subdirectories (their times change with their own entries; a mount may cover them), files
@@ -551,13 +551,6 @@ mod tests {
             (
                 "a listed file linked elsewhere",
                 FAN_ATTRIB,
-                None,
-                Some(10),
-                false,
-            ),
-            (
-                "a listed file deleted",
-                FAN_DELETE_SELF,
                 None,
                 Some(10),
                 false,

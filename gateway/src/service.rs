@@ -521,8 +521,8 @@ impl Drop for Pending<'_> {
 
 /// Starts the listing cache for the exports whose file system only this kernel changes and
 /// whose handles are kernel handles (the cache's events name objects by them), unless
-/// `VIPGATE_LISTING_CACHE=off`. Without `CAP_SYS_ADMIN` or fanotify's file id reports (Linux
-/// 5.17) the exports are simply served without it.
+/// `VIPGATE_LISTING_CACHE=off`. Without `CAP_SYS_ADMIN` or fanotify's directory file id
+/// reports (Linux 5.9) the exports are simply served without it.
 fn start_listing_cache(exports: &mut [Export]) -> Option<Arc<ListingCache>> {
     if std::env::var_os("VIPGATE_LISTING_CACHE").is_some_and(|value| value == "off") {
         tracing::info!("listing cache off (VIPGATE_LISTING_CACHE=off)");
