@@ -19,14 +19,15 @@
 //! READDIRPLUS cache of local file systems and [`fanotify`] its change events, [`drc`] the duplicate
 //! request cache, [`creds`] per-thread
 //! credentials, [`sys`] the system calls, [`splice`] zero-copy READ replies), the [`service::Service`] that holds the open exports
-//! and runs calls, and [`server`], the tokio loop. A connection task drives them in this order
-//! for every chunk read from the socket:
+//! and runs calls, and [`server`], the serving loop. A connection's thread drives them in this
+//! order for every chunk read from the socket:
 //!
 //! 1. feed the bytes to [`record::RecordDecoder::decode`] until it yields no more records
 //!    (an error closes the connection);
 //! 2. [`rpc::classify`] each record: drop it, send the error reply, or go on with the call;
 //! 3. [`dispatch::dispatch`] the call against [`service::PROGRAMS`]: send the rejection, or
-//!    run the procedure with [`service::Service::handle`] (on the blocking pool unless
+//!    run the procedure with [`service::Service::handle`] (on the connection's thread when it
+//!    arrived alone, else on the [`call_pool`]; portmap right away,
 //!    [`service::Service::is_inline`]), which decodes the arguments at `args_offset` (GARBAGE_ARGS
 //!    if they do not decode) and returns the framed reply — over TCP
 //!    [`service::Service::handle_stream`], whose READ replies may leave their data in a pipe
@@ -42,6 +43,7 @@
 //!
 //! [`smb`] is the Samba side: the rendered `smb.conf`, the supervised smbd and its probe.
 
+pub mod call_pool;
 pub mod creds;
 pub mod dispatch;
 pub mod drc;

@@ -1,22 +1,27 @@
-//! The tokio serving loop of the ONC-RPC core: listeners on the IPv4 and IPv6 wildcard
-//! addresses, one task per TCP connection, many calls in flight per connection with a bound,
-//! file-system work on the blocking pool, and a shutdown that drains within a deadline.
+//! The serving loop of the ONC-RPC core: listeners on the IPv4 and IPv6 wildcard addresses
+//! (tokio), a thread per TCP connection, many calls in flight per connection with a bound,
+//! file-system work never on the async workers, and a shutdown that drains within a deadline.
 //!
-//! Per connection, a reader cuts records out of the stream, classifies and dispatches them
-//! (module docs of the crate give the order), and runs each NFS or MOUNT call on tokio's
-//! blocking pool (file-system calls never run on the async workers, so a hung volume cannot
-//! stall the node). The worker thread that ran a call writes its reply itself, through the
-//! connection's `ReplySink`: a non-blocking write when nothing is queued before it, so a quick
-//! call costs the wake-up of one worker thread and no more; whatever the socket does not take
-//! at once goes to the connection's flusher task. Replies go out in the order they complete, so
-//! a slow call does not hold up the quick ones behind it (RFC 5531 lets replies go out in any
-//! order; clients match them by xid). Two semaphores bound the work: calls in flight per
-//! connection, counted until the reply is written (the reader stops reading while the
+//! Per connection, a thread of its own waits for the client's bytes (`poll`), cuts records out
+//! of the stream, classifies and dispatches them (module docs of the crate give the order), and
+//! runs each NFS or MOUNT call: a call that arrives alone (none of the connection's calls is
+//! running and no bytes follow it) right there, the others on the call pool
+//! ([`crate::call_pool`]). A client that makes one call at a time — what an application's
+//! `stat`, `open` or `unlink` is — so costs one thread wake-up per call, as with knfsd's
+//! threads, instead of a wake-up of an async worker and a hand-off to another thread (measured:
+//! 5–16 % more calls a second one at a time, BENCHMARKS.md "nfs"). File-system calls never run
+//! on the async workers, so a hung volume cannot stall the node's other tasks (Raft, DNS). The
+//! thread that ran a call writes its reply itself, through the connection's `ReplySink`: a
+//! non-blocking write when nothing is queued before it; whatever the socket does not take at
+//! once goes to the connection's flusher task (tokio). Replies go out in the order they
+//! complete, so a slow call does not hold up the quick ones behind it (RFC 5531 lets replies go
+//! out in any order; clients match them by xid). Two semaphores bound the work: calls in flight
+//! per connection, counted until the reply is written (the reader stops reading while the
 //! connection is at its bound, so a client that pipelines without end, or does not read its
-//! replies, is slowed by TCP, not by our memory), and calls running over all connections. With
-//! records bounded by the record decoder, memory is bounded by
-//! `connections × requests_per_connection × (record + reply)` plus one partial record per
-//! connection.
+//! replies, is slowed by TCP, not by our memory), and calls running over all connections (which
+//! also bounds the call pool's threads). With records bounded by the record decoder, memory is
+//! bounded by `connections × requests_per_connection × (record + reply)` plus one partial
+//! record per connection. Shutdown wakes every connection thread through its eventfd.
 //!
 //! A READ's data may travel in a pipe rather than in the reply's bytes (`splice`): the sink
 //! writes the reply's head, splices the pipe into the socket, then writes the XDR padding, and
@@ -34,13 +39,14 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::VecDeque;
 
-use tokio::io::{AsyncReadExt, Interest};
+use tokio::io::Interest;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::call_pool::CallPool;
 use crate::dispatch::{Decision, dispatch};
 use crate::record::{DEFAULT_MAX_RECORD, RecordDecoder};
 use crate::rpc::{AcceptStatus, Classification, ReplyBody, ReplyHeader, classify};
@@ -71,6 +77,13 @@ impl Default for Limits {
             drain: Duration::from_secs(5),
         }
     }
+}
+
+static CONNECTION_PANICS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many connection threads of this process have panicked (a bug: tests check it is none).
+pub fn connection_panics() -> usize {
+    CONNECTION_PANICS.load(Ordering::Relaxed)
 }
 
 /// Binds TCP `port` on the IPv4 and IPv6 wildcard addresses (IPv6 only for the second, so the
@@ -124,6 +137,12 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let in_flight = Arc::new(Semaphore::new(limits.requests_in_flight.max(1)));
+    // One thread per call in flight at most (the semaphore above bounds them).
+    let pool = CallPool::new(
+        "nfs-call",
+        limits.requests_in_flight.max(1),
+        Duration::from_secs(10),
+    );
     for listener in listeners {
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
@@ -133,6 +152,7 @@ pub async fn serve(
             limits,
             connections: connections.clone(),
             in_flight: in_flight.clone(),
+            pool: pool.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         };
@@ -149,6 +169,7 @@ struct AcceptLoop {
     limits: Limits,
     connections: Arc<Semaphore>,
     in_flight: Arc<Semaphore>,
+    pool: CallPool,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -182,10 +203,30 @@ impl AcceptLoop {
                 connection: Arc::new(Connection::new(peer, local)),
                 limits: self.limits,
                 in_flight: self.in_flight.clone(),
+                pool: self.pool.clone(),
                 shutdown: self.shutdown.clone(),
             };
+            let runtime = tokio::runtime::Handle::current();
+            let (finished, done) = tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::Builder::new()
+                .name("nfs-conn".into())
+                .spawn(move || {
+                    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        connection.run(stream, &runtime);
+                    }));
+                    if served.is_err() {
+                        // A bug, which must cost this connection, not the node.
+                        CONNECTION_PANICS.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%peer, "connection thread panicked");
+                    }
+                    let _ = finished.send(());
+                });
+            if let Err(error) = thread {
+                tracing::warn!(%peer, %error, "cannot start a connection thread; closing");
+                continue;
+            }
             self.tracker.spawn(async move {
-                connection.run(stream).await;
+                let _ = done.await;
                 drop(permit);
             });
         }
@@ -197,33 +238,62 @@ struct ConnectionTask {
     connection: Arc<Connection>,
     limits: Limits,
     in_flight: Arc<Semaphore>,
+    pool: CallPool,
     shutdown: CancellationToken,
 }
 
 impl ConnectionTask {
-    async fn run(self, stream: TcpStream) {
+    /// Serves the connection on this thread (the connection's own): waits for bytes with
+    /// `poll`, cuts records, and runs a call that arrives alone — none of the connection's is
+    /// running, none behind it — right here, so a client making one call at a time costs one
+    /// thread wake-up per call (the thread its bytes woke answers them); others go to the call
+    /// pool. Shutdown wakes the `poll` through an eventfd.
+    fn run(self, stream: TcpStream, runtime: &tokio::runtime::Handle) {
         let peer = self.connection.peer;
         tracing::debug!(%peer, "connection opened");
         // Replies are small and latency-bound; do not let Nagle hold them back.
         let _ = stream.set_nodelay(true);
-        let (mut reader, writer) = stream.into_split();
+        let wake = match sys::eventfd() {
+            Ok(wake) => Arc::new(wake),
+            Err(error) => {
+                tracing::warn!(%peer, %error, "cannot make an eventfd; closing");
+                return;
+            }
+        };
+        // The socket stays registered with tokio for the sink's writes; this thread reads it
+        // through its descriptor (non-blocking, as tokio set it), which the read half keeps
+        // open until the end.
+        let (reader, writer) = stream.into_split();
         let sink = Arc::new(ReplySink::new(writer));
-        let flusher = tokio::spawn({
+        let flusher = runtime.spawn({
             let sink = sink.clone();
             async move { sink.flush().await }
+        });
+        let stopper = runtime.spawn({
+            let (shutdown, wake) = (self.shutdown.clone(), wake.clone());
+            async move {
+                shutdown.cancelled().await;
+                sys::eventfd_signal(wake.as_fd());
+            }
         });
         let slots = self.limits.requests_per_connection.max(1);
         let slots_semaphore = Arc::new(Semaphore::new(slots));
         let mut decoder = RecordDecoder::new(DEFAULT_MAX_RECORD);
         let mut buffer = vec![0u8; 64 * 1024];
+        let socket = reader.as_ref().as_fd();
         'read: loop {
-            let read = tokio::select! {
-                () = self.shutdown.cancelled() => break,
-                read = reader.read(&mut buffer) => read,
-            };
-            let length = match read {
+            match sys::wait_readable(socket, wake.as_fd()) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "poll failed; closing connection");
+                    break;
+                }
+            }
+            let length = match sys::recv(socket, &mut buffer) {
                 Ok(0) => break,
                 Ok(length) => length,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(error) => {
                     tracing::debug!(%peer, %error, "read failed");
                     break;
@@ -233,10 +303,10 @@ impl ConnectionTask {
             loop {
                 match decoder.decode(&mut input) {
                     Ok(Some(record)) => {
+                        let last = input.is_empty();
                         // Break: the peer is gone; finish what is in flight.
                         if self
-                            .process(record, &sink, &slots_semaphore)
-                            .await
+                            .process(record, last, &sink, &slots_semaphore, runtime)
                             .is_break()
                         {
                             break 'read;
@@ -253,21 +323,28 @@ impl ConnectionTask {
         // Let the calls in flight finish and their replies go out, within the deadline: a slot
         // is given back only once its reply is written (or the peer is gone).
         let all = u32::try_from(slots).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(self.limits.drain, slots_semaphore.acquire_many(all));
-        if drained.await.is_err() {
+        // The timer is made inside the runtime (this thread is not in its context).
+        let drained = runtime.block_on(async {
+            tokio::time::timeout(self.limits.drain, slots_semaphore.acquire_many(all)).await
+        });
+        if drained.is_err() {
             tracing::warn!(%peer, "calls still running at the drain deadline");
         }
         sink.close();
         flusher.abort();
+        stopper.abort();
         tracing::debug!(%peer, "connection closed");
     }
 
-    /// Handles one record: answers it inline, hands it to the blocking pool, or drops it.
-    async fn process(
+    /// Handles one record: answers it, runs it here or on the call pool, or drops it. `last`:
+    /// no more bytes of this connection were read after it.
+    fn process(
         &self,
         record: Vec<u8>,
+        last: bool,
         sink: &Arc<ReplySink>,
         slots: &Arc<Semaphore>,
+        runtime: &tokio::runtime::Handle,
     ) -> ControlFlow<()> {
         let peer = self.connection.peer;
         let (call, args_offset) = match classify(&record) {
@@ -296,22 +373,22 @@ impl ConnectionTask {
         // Wait for a slot on this connection, then one over all connections: while waiting,
         // nothing more is read from this client.
         // The semaphores are never closed, so acquiring cannot fail.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(slot) = acquire(slots, runtime) else {
             return ControlFlow::Break(());
         };
-        let Ok(global) = self.in_flight.clone().acquire_owned().await else {
+        let Ok(global) = acquire(&self.in_flight, runtime) else {
             return ControlFlow::Break(());
         };
         if sink.is_closed() {
             return ControlFlow::Break(());
         }
-        sink.running.fetch_add(1, Ordering::AcqRel);
+        let alone = sink.running.fetch_add(1, Ordering::AcqRel) == 0 && last;
         let service = self.service.clone();
         let connection = self.connection.clone();
         let sink = sink.clone();
-        // The worker thread hands the reply to the sink itself rather than back to this task
+        // Whichever thread runs the call hands the reply to the sink itself
         // (ReplySink::completed).
-        tokio::task::spawn_blocking(move || {
+        let work = move || {
             let xid = call.xid;
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let args = record.get(args_offset..).unwrap_or_default();
@@ -328,7 +405,12 @@ impl ConnectionTask {
             });
             drop(global);
             sink.completed(reply, slot);
-        });
+        };
+        if alone {
+            work();
+        } else {
+            self.pool.execute(work);
+        }
         ControlFlow::Continue(())
     }
 }
@@ -572,6 +654,17 @@ fn gather<'q>(
     (count, false)
 }
 
+/// A permit of `semaphore`, at once when one is free, else waiting on `runtime`.
+fn acquire(
+    semaphore: &Arc<Semaphore>,
+    runtime: &tokio::runtime::Handle,
+) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+    match semaphore.clone().try_acquire_owned() {
+        Ok(permit) => Ok(permit),
+        Err(_) => runtime.block_on(semaphore.clone().acquire_owned()),
+    }
+}
+
 /// Continue after a reply was sent or queued; stop when the peer is gone.
 fn sent(delivered: bool) -> ControlFlow<()> {
     if delivered {
@@ -584,6 +677,7 @@ fn sent(delivered: bool) -> ControlFlow<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     /// A connected pair on loopback: the sink on one side, a reader on the other.
     async fn pair() -> (Arc<ReplySink>, TcpStream) {

@@ -364,6 +364,61 @@ pub struct FsStat {
     pub fsid: u64,
 }
 
+/// A non-blocking eventfd, for waking a thread that waits in [`wait_readable`].
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes two integers and returns a new descriptor or -1.
+    owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
+}
+
+/// Makes the eventfd `fd` readable (for good: nothing reads it back).
+pub fn eventfd_signal(fd: BorrowedFd<'_>) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: an 8-byte buffer, as eventfd writes need. Failure (the counter at its maximum)
+    // leaves it readable anyway.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+}
+
+/// Waits until `socket` has bytes (or an error or hang-up to report: `Ok(true)`) or `wake`
+/// became readable (`Ok(false)`, which wins when both are).
+pub fn wait_readable(socket: BorrowedFd<'_>, wake: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [
+        libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: two valid pollfd entries.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if ready >= 0 {
+            return Ok(fds[1].revents == 0);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// `recv(socket, buffer, MSG_DONTWAIT)`: `ErrorKind::WouldBlock` when nothing is there.
+pub fn recv(socket: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buffer` is valid for writes of its length.
+    check_size(unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            libc::MSG_DONTWAIT,
+        )
+    })
+}
+
 /// Whether the calling thread's file system credentials may search (look names up in) the
 /// directory `dir`: `faccessat2(dir, "", X_OK, AT_EACCESS | AT_EMPTY_PATH)`, which checks with
 /// the credentials in effect (the per-thread fsuid and groups), not the real ids.

@@ -770,6 +770,46 @@ fn a_file_made_again_is_never_listed_with_its_predecessor_s_handle() {
     eprintln!("200 rounds: {reused} reused the inode number, {cached_rounds} had it cached");
 }
 
+/// Each connection is served by a thread of its own that waits for the client's bytes: a
+/// shutdown must wake the threads of idle connections (their clients send nothing), close
+/// the connections and let the server return.
+#[test]
+fn shutdown_ends_idle_connections() {
+    if !common::root_or_skip("shutdown_ends_idle_connections") {
+        return;
+    }
+    let (_volume, server) = common::data_server();
+    let mut nfs = server.nfs(root());
+    let root_fh = nfs.mnt("/data").unwrap();
+    nfs.getattr(&root_fh).unwrap();
+    let idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(server.address).unwrap())
+        .collect();
+    let stopping = std::thread::spawn(move || drop(server));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stopping.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop with idle connections open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    stopping.join().unwrap();
+    assert_eq!(gateway::server::connection_panics(), 0);
+    for mut stream in idle {
+        let mut byte = [0u8; 1];
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let read = std::io::Read::read(&mut stream, &mut byte);
+        assert!(
+            matches!(read, Ok(0))
+                || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "an idle connection was left open"
+        );
+    }
+}
+
 #[test]
 fn many_calls_in_flight_on_one_connection() {
     if !common::root_or_skip("many_calls_in_flight_on_one_connection") {
