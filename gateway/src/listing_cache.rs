@@ -35,7 +35,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -371,10 +371,30 @@ impl ListingCache {
         Ok(cache)
     }
 
-    /// Watches the file system `root` is on; returns its `f_fsid`.
-    pub fn watch(&self, root: BorrowedFd<'_>) -> io::Result<u64> {
+    /// Watches the file system `root` is on, whose kernel object id is `root_id`; returns its
+    /// `f_fsid`. Checks that the kernel's events name objects as the file handles do: listing
+    /// `root` must report `root_id` (else a change could go unnoticed, and the export must do
+    /// without the cache).
+    pub fn watch(&self, root: BorrowedFd<'_>, root_id: &ObjectId) -> io::Result<u64> {
         self.watch.add_filesystem(root)?;
-        Ok(crate::sys::fstatfs(root)?.fsid)
+        let fsid = crate::sys::fstatfs(root)?.fsid;
+        let expected = FsObject { fsid, id: *root_id };
+        let mut locked = self.locked();
+        let opened = crate::sys::reopen(root, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let mut records = [0u8; 1024];
+        crate::sys::read_dir_raw_at(opened.as_fd(), 0, &mut records)?;
+        let Locked { state, buffer } = &mut *locked;
+        let mut reported = false;
+        drain_seeing(&self.watch, state, buffer, |event| {
+            reported |= event.mask & libc::FAN_ACCESS != 0
+                && event.dir.as_ref().and_then(FsObject::of) == Some(expected);
+        });
+        if !reported {
+            return Err(io::Error::other(
+                "the kernel's change events do not name the export root as its file handle does",
+            ));
+        }
+        Ok(fsid)
     }
 
     fn locked(&self) -> std::sync::MutexGuard<'_, Locked> {
@@ -418,13 +438,26 @@ impl ListingCache {
 
 /// Applies every queued event.
 fn drain(watch: &Watch, state: &mut State, buffer: &mut [u8]) {
+    drain_seeing(watch, state, buffer, |_| {});
+}
+
+/// Applies every queued event, showing each to `seen` too.
+fn drain_seeing(
+    watch: &Watch,
+    state: &mut State,
+    buffer: &mut [u8],
+    mut seen: impl FnMut(&Event<'_>),
+) {
     loop {
         match watch.read(buffer) {
             Ok(0) => return,
             Ok(read) => {
                 for event in fanotify::events(&buffer[..read]) {
                     match event {
-                        Ok(event) => state.apply(&event),
+                        Ok(event) => {
+                            seen(&event);
+                            state.apply(&event);
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "listing cache emptied");
                             state.undecodable();

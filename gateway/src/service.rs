@@ -544,7 +544,11 @@ fn start_listing_cache(exports: &mut [Export]) -> Option<Arc<ListingCache>> {
         }
     };
     for export in exports.iter_mut().filter(|export| eligible(export)) {
-        match cache.watch(export.root.as_fd()) {
+        let watched = export
+            .resolver
+            .object_id(export.root.as_fd())
+            .and_then(|root_id| cache.watch(export.root.as_fd(), &root_id));
+        match watched {
             Ok(fsid) => {
                 tracing::debug!(export = %export.name, "listing cache on");
                 export.listing_fsid = Some(fsid);
