@@ -1100,21 +1100,24 @@ impl Context<'_> {
                     return list_directory(&dir, &opened, handle, cookie, maxcount, None, None);
                 };
                 let cache = cache_for(self.service, dir.export);
-                // The listing cache holds what any caller may see once it may search the
-                // directory (a caller that may not gets no attributes or handles).
-                let cached = self
-                    .listing_key(&dir, handle, cookie)
-                    .filter(|_| sys::may_search(opened.as_fd()));
-                let Some((listings, key)) = cached else {
-                    return list_directory(
+                let live = |recorder: Option<&mut Recorder>| {
+                    list_directory(
                         &dir,
                         &opened,
                         handle,
                         cookie,
                         maxcount,
                         Some(cache),
-                        None,
-                    );
+                        recorder,
+                    )
+                };
+                // The listing cache holds what any caller may see once it may search the
+                // directory (a caller that may not gets no attributes or handles).
+                let cached = self
+                    .listing_key(&dir, handle, cookie)
+                    .filter(|_| sys::may_search(opened.as_fd()));
+                let Some((listings, key)) = cached else {
+                    return live(None);
                 };
                 let (run, ticket) = listings.lookup(&key);
                 let answer =
@@ -1128,15 +1131,7 @@ impl Context<'_> {
                     objects: Vec::new(),
                     fsid: key.dir.fsid,
                 };
-                let listed = list_directory(
-                    &dir,
-                    &opened,
-                    handle,
-                    cookie,
-                    maxcount,
-                    Some(cache),
-                    Some(&mut recorder),
-                )?;
+                let listed = live(Some(&mut recorder))?;
                 recorder.run.eof = listed.1;
                 recorder.run.budget = entries_budget(maxcount);
                 listings.store(ticket, key, recorder.run, recorder.objects);
