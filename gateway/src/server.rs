@@ -5,8 +5,10 @@
 //! Per connection, a thread of its own waits for the client's bytes (`poll`), cuts records out
 //! of the stream, classifies and dispatches them (module docs of the crate give the order), and
 //! runs each NFS or MOUNT call: a call that arrives alone (none of the connection's calls is
-//! running and no bytes follow it) right there, the others on the call pool
-//! ([`crate::call_pool`]). A client that makes one call at a time — what an application's
+//! running and no bytes follow it) and cannot take long (`Service::runs_quickly`: a metadata
+//! call on a local file system) right there, the others on the call pool
+//! ([`crate::call_pool`]), so that nothing the client sends meanwhile waits behind a READ, a
+//! COMMIT or a call to a shared volume that hangs. A client that makes one call at a time — what an application's
 //! `stat`, `open` or `unlink` is — so costs one thread wake-up per call, as with knfsd's
 //! threads, instead of a wake-up of an async worker and a hand-off to another thread (measured:
 //! 5–16 % more calls a second one at a time, BENCHMARKS.md "nfs"). File-system calls never run
@@ -245,9 +247,10 @@ struct ConnectionTask {
 impl ConnectionTask {
     /// Serves the connection on this thread (the connection's own): waits for bytes with
     /// `poll`, cuts records, and runs a call that arrives alone — none of the connection's is
-    /// running, none behind it — right here, so a client making one call at a time costs one
-    /// thread wake-up per call (the thread its bytes woke answers them); others go to the call
-    /// pool. Shutdown wakes the `poll` through an eventfd.
+    /// running, none behind it — and cannot take long ([`Service::runs_quickly`]) right here,
+    /// so a client making one call at a time costs one thread wake-up per call (the thread its
+    /// bytes woke answers them); others go to the call pool, so that no call the client sends
+    /// meanwhile waits behind a slow one. Shutdown wakes the `poll` through an eventfd.
     fn run(self, stream: TcpStream, runtime: &tokio::runtime::Handle) {
         let peer = self.connection.peer;
         tracing::debug!(%peer, "connection opened");
@@ -382,7 +385,11 @@ impl ConnectionTask {
         if sink.is_closed() {
             return ControlFlow::Break(());
         }
-        let alone = sink.running.fetch_add(1, Ordering::AcqRel) == 0 && last;
+        let alone = sink.running.fetch_add(1, Ordering::AcqRel) == 0
+            && last
+            && self
+                .service
+                .runs_quickly(&call, record.get(args_offset..).unwrap_or_default());
         let service = self.service.clone();
         let connection = self.connection.clone();
         let sink = sink.clone();

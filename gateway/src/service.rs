@@ -89,6 +89,9 @@ pub struct Export {
     pub(crate) key: HandleKey,
     /// The `f_fsid` of the export's file system when the listing cache watches it.
     pub(crate) listing_fsid: Option<u64>,
+    /// Whether the export's file system is local to this machine (ext4, xfs, btrfs, tmpfs):
+    /// its calls wait for the disk at worst, never for a network.
+    pub(crate) local: bool,
 }
 
 impl Export {
@@ -317,6 +320,8 @@ impl Service {
                 object,
             }
             .encode(&options.handle_key);
+            let local = sys::fstatfs(root.as_fd())
+                .is_ok_and(|fs| crate::handle::changes_only_through_this_kernel(fs.magic));
             exports.push(Export {
                 id,
                 name: spec.name,
@@ -329,6 +334,7 @@ impl Service {
                 policy: spec.policy,
                 key: options.handle_key.clone(),
                 listing_fsid: None,
+                local,
             });
         }
         let listings = start_listing_cache(&mut exports);
@@ -435,6 +441,34 @@ impl Service {
         program == PORTMAP_PROGRAM
     }
 
+    /// Whether a call cannot keep the thread that runs it long, so that the connection's
+    /// thread may run it rather than hand it over (`server`): an NFSv3 NULL, or any other
+    /// NFSv3 call but READ, WRITE and COMMIT (data calls can take long) on an export whose file
+    /// system is local (a shared volume's calls wait on the network and can hang, and the
+    /// client's other calls must not wait behind them). `args` are the call's arguments; the
+    /// export id is read from the handle they start with, unchecked (nothing but this choice
+    /// depends on it).
+    pub fn runs_quickly(&self, call: &Call, args: &[u8]) -> bool {
+        if call.program != NFS_PROGRAM || call.version != 3 {
+            return false;
+        }
+        match call.procedure {
+            0 => true,
+            nfs3::wire::PROC_READ | nfs3::wire::PROC_WRITE | nfs3::wire::PROC_COMMIT => false,
+            _ => {
+                let mut decoder = crate::xdr::Decoder::new(args);
+                let export = decoder
+                    .opaque(crate::handle::MAX_HANDLE as u32)
+                    .ok()
+                    .and_then(|handle| handle.get(2..10)?.try_into().ok())
+                    .map(|id| ExportId(u64::from_be_bytes(id)));
+                export
+                    .and_then(|id| self.export_by_id(id))
+                    .is_some_and(|(_, export)| export.local)
+            }
+        }
+    }
+
     /// Runs a dispatched call and returns the complete, record-marked reply. A call the
     /// [duplicate request cache](crate::drc) has seen is not run again: it gets the first
     /// reply, or, while the first copy still runs, an empty reply, which means "send nothing"
@@ -528,11 +562,8 @@ fn start_listing_cache(exports: &mut [Export]) -> Option<Arc<ListingCache>> {
         tracing::info!("listing cache off (VIPGATE_LISTING_CACHE=off)");
         return None;
     }
-    let eligible = |export: &Export| {
-        export.resolver.scheme() == crate::handle::KERNEL_SCHEME
-            && sys::fstatfs(export.root.as_fd())
-                .is_ok_and(|fs| crate::handle::changes_only_through_this_kernel(fs.magic))
-    };
+    let eligible =
+        |export: &Export| export.local && export.resolver.scheme() == crate::handle::KERNEL_SCHEME;
     if !exports.iter().any(eligible) {
         return None;
     }

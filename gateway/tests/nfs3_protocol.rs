@@ -17,7 +17,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use cluster_config::{Access, ClientMatch, Squash};
 use common::{Args, Outcome, TestExport, TestServer, auth_sys, root, status, volume};
 use gateway::rpc::{
-    AcceptStatus, Credential, MOUNT_PROGRAM, NFS_PROGRAM, PORTMAP_PROGRAM, ReplyBody,
+    AcceptStatus, Credential, MOUNT_PROGRAM, NFS_PROGRAM, OpaqueAuth, PORTMAP_PROGRAM, ReplyBody,
 };
 use gateway::xdr::Decoder;
 
@@ -768,6 +768,57 @@ fn a_file_made_again_is_never_listed_with_its_predecessor_s_handle() {
         );
     }
     eprintln!("200 rounds: {reused} reused the inode number, {cached_rounds} had it cached");
+}
+
+/// Which calls the connection's thread may run itself: metadata calls on a local file system
+/// (this export is on the machine's disk), not the data calls, not calls of other programs or
+/// of unknown exports, not arguments that do not start with a handle.
+#[test]
+fn only_quick_calls_run_on_the_connection_thread() {
+    if !common::root_or_skip("only_quick_calls_run_on_the_connection_thread") {
+        return;
+    }
+    let (_volume, server) = common::data_server();
+    let root_fh = server.nfs(root()).mnt("/data").unwrap();
+    let call = |program: u32, procedure: u32| gateway::rpc::Call {
+        xid: 1,
+        program,
+        version: 3,
+        procedure,
+        credential: root(),
+        verifier: OpaqueAuth::none(),
+    };
+    let with_handle = |handle: &[u8]| Args::new().opaque(handle).u64(0).u32(4096).0;
+    let mut other_export = root_fh.clone();
+    other_export[2] ^= 0xff;
+    let cases: &[(&str, u32, u32, Vec<u8>, bool)] = &[
+        ("NULL", NFS_PROGRAM, 0, Vec::new(), true),
+        ("GETATTR", NFS_PROGRAM, 1, with_handle(&root_fh), true),
+        ("LOOKUP", NFS_PROGRAM, 3, with_handle(&root_fh), true),
+        ("CREATE", NFS_PROGRAM, 8, with_handle(&root_fh), true),
+        ("READDIRPLUS", NFS_PROGRAM, 17, with_handle(&root_fh), true),
+        ("READ", NFS_PROGRAM, 6, with_handle(&root_fh), false),
+        ("WRITE", NFS_PROGRAM, 7, with_handle(&root_fh), false),
+        ("COMMIT", NFS_PROGRAM, 21, with_handle(&root_fh), false),
+        (
+            "another export",
+            NFS_PROGRAM,
+            1,
+            with_handle(&other_export),
+            false,
+        ),
+        ("no handle", NFS_PROGRAM, 1, vec![0, 0, 0], false),
+        ("MOUNT", MOUNT_PROGRAM, 1, with_handle(&root_fh), false),
+    ];
+    for (what, program, procedure, args, quick) in cases {
+        assert_eq!(
+            server
+                .service
+                .runs_quickly(&call(*program, *procedure), args),
+            *quick,
+            "{what}"
+        );
+    }
 }
 
 /// Each connection is served by a thread of its own that waits for the client's bytes: a

@@ -317,6 +317,11 @@ pub enum Args<'a> {
 /// The number of NFSv3 procedures (0 NULL to 21 COMMIT).
 pub const PROCEDURES: u32 = 22;
 
+/// The procedures that move file data (RFC 1813 numbers).
+pub const PROC_READ: u32 = 6;
+pub const PROC_WRITE: u32 = 7;
+pub const PROC_COMMIT: u32 = 21;
+
 fn handle<'a>(decoder: &mut Decoder<'a>) -> Result<&'a [u8], XdrError> {
     decoder.opaque(FHSIZE)
 }
