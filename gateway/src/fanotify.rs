@@ -18,10 +18,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use crate::sys;
 
 /// What a filesystem mark asks for: every change of a directory's entries, of a file's data or
-/// attributes (`FAN_ACCESS` too: a read may move the access time), on directories as well.
-/// Opens and closes change nothing a listing shows; a file's deletion or move is also a change
-/// of its directory's entries (`FAN_DELETE_SELF` and `FAN_MOVE_SELF` would only add events),
-/// and a change of its link count is `FAN_ATTRIB`.
+/// attributes (`FAN_ACCESS` too: a read may move the access time), on directories as well, and
+/// the move of a directory (its `..` changes). A file's deletion or move is also a change of
+/// its directory's entries (`FAN_DELETE_SELF` would only add events), and a change of its link
+/// count is `FAN_ATTRIB`.
 pub const MASK: u64 = libc::FAN_ACCESS
     | libc::FAN_MODIFY
     | libc::FAN_ATTRIB
@@ -29,6 +29,7 @@ pub const MASK: u64 = libc::FAN_ACCESS
     | libc::FAN_DELETE
     | libc::FAN_MOVED_FROM
     | libc::FAN_MOVED_TO
+    | libc::FAN_MOVE_SELF
     | libc::FAN_ONDIR;
 
 /// The events that change which entries a directory has.
@@ -111,6 +112,17 @@ impl Watch {
                 }
             }
         }
+    }
+
+    /// How many bytes of events are queued now (`FIONREAD`).
+    pub fn queued(&self) -> io::Result<usize> {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer.
+        let result = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(queued).unwrap_or(0))
     }
 
     /// Waits until events are queued or `timeout` passed; `Ok(true)` when some are.

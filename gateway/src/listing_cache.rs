@@ -23,22 +23,30 @@
 //! What an event drops: an event that changes a directory's entries (create, delete, move)
 //! drops that directory's runs; an event about a file (data, attributes — a read, for its
 //! access time, a change of its link count) drops the runs of the directory that listed it
-//! (`objects`). Entries whose attributes could change without an event reaching that
-//! directory are not cached but read afresh at every use (*fresh* entries): `.` and `..`,
-//! subdirectories (their times change with their own entries; a mount may cover them), files
-//! with more than one link (changed through another name, the event names the other
-//! directory), special files, and entries without attributes or handle.
+//! (`objects`); a directory moved elsewhere drops its own runs (their `..` changed). Entries
+//! whose attributes could change without an event reaching that directory are not cached but
+//! read afresh at every use (*fresh* entries): `.` and `..`, subdirectories (their times change
+//! with their own entries; a mount may cover them), files with more than one link (changed
+//! through another name, the event names the other directory), symbolic links (a path through
+//! one moves its access time, with no event), special files, and entries without attributes or
+//! handle.
 //!
-//! What fanotify cannot see, and so neither can the cache: timestamps a write through a shared
-//! memory mapping moves (the kernel reports no event for page faults) — the same limit as
-//! `inotify`-based tools.
+//! What the kernel raises no event for, found by review and experiment on 6.18: writes with
+//! native AIO (`io_submit`; io_uring does raise them), reads and writes through shared memory
+//! maps (page faults), I/O through another fanotify listener's event descriptors
+//! (`FMODE_NONOTIFY`: on-access scanners, HSM daemons), `chattr` (ctime), a mount placed over
+//! a cached file, and block counts (`used`) that a file system changes on its own after
+//! writeback or when it trims preallocation (xfs, at close and in the background). A run is
+//! therefore used for [`RUN_LIFETIME`] at most: such a change shows in a listing within a
+//! second, what every other change does at once (`gateway/tests/listing_cache.rs` checks an
+//! AIO write).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::export::ExportId;
 use crate::fanotify::{self, Event, Fid, Watch};
@@ -49,6 +57,13 @@ pub const DEFAULT_LIMIT: usize = 64 * 1024 * 1024;
 
 /// How many recent events are remembered for checking fills.
 const RECENT_EVENTS: usize = 4096;
+
+/// How long a run is used: what the kernel reports no event for (module documentation) shows
+/// in a listing at most this late.
+pub const RUN_LIFETIME: Duration = Duration::from_secs(1);
+
+/// At most this many runs per directory (a run per cookie a client started a reply at).
+const RUNS_PER_DIRECTORY: usize = 256;
 
 /// An object of a watched file system: `f_fsid` and its kernel object id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -170,20 +185,18 @@ pub struct Counters {
     pub emptied: u64,
 }
 
-/// A stored run: where it starts (besides its directory) and the memory it is counted for.
+/// A stored run, the objects it holds attributes of, the memory it is counted for and when it
+/// was stored.
 #[derive(Debug)]
 struct Stored {
-    export: ExportId,
-    cookie: u64,
     run: Arc<Run>,
+    objects: Vec<FsObject>,
     footprint: usize,
+    stored_at: Instant,
 }
 
-impl Stored {
-    fn starts(&self, key: &RunKey) -> bool {
-        self.export == key.export && self.cookie == key.cookie
-    }
-}
+/// Where a run starts within its directory.
+type Start = (ExportId, u64);
 
 /// The pure state: runs, which directory listed which object, recent events.
 #[derive(Debug)]
@@ -193,7 +206,7 @@ struct State {
     /// Every event after this number is in `recent`.
     recent_since: u64,
     recent: VecDeque<(u64, FsObject)>,
-    runs: HashMap<FsObject, Vec<Stored>>,
+    runs: HashMap<FsObject, HashMap<Start, Stored>>,
     /// Objects cached in a run (not fresh) → the directory whose runs hold them.
     objects: HashMap<FsObject, FsObject>,
     bytes: usize,
@@ -224,24 +237,39 @@ impl State {
         self.recent.push_back((self.seq, object));
     }
 
+    /// Forgets one stored run of `dir`, and its objects where they still point at `dir`.
+    fn forget(&mut self, dir: &FsObject, stored: Stored) {
+        self.bytes -= stored.footprint;
+        for object in &stored.objects {
+            if self.objects.get(object) == Some(dir) {
+                self.objects.remove(object);
+            }
+        }
+        self.counters.dropped += 1;
+    }
+
     fn drop_runs(&mut self, dir: &FsObject) {
         if let Some(runs) = self.runs.remove(dir) {
-            for stored in &runs {
-                self.bytes -= stored.footprint;
+            for (_, stored) in runs {
+                self.forget(dir, stored);
             }
-            self.counters.dropped += runs.len() as u64;
         }
+    }
+
+    /// Drops every run, as when the memory bound is reached.
+    fn clear_runs(&mut self) {
+        self.runs.clear();
+        self.objects.clear();
+        self.bytes = 0;
+        self.counters.emptied += 1;
     }
 
     /// Forgets everything, fills under way included: after lost or undecodable events,
     /// anything may have changed.
     fn empty(&mut self) {
-        self.runs.clear();
-        self.objects.clear();
+        self.clear_runs();
         self.recent.clear();
         self.recent_since = self.seq;
-        self.bytes = 0;
-        self.counters.emptied += 1;
     }
 
     /// Applies one event (module documentation, "What an event drops").
@@ -254,7 +282,14 @@ impl State {
         }
         let entries_changed = event.mask & fanotify::ENTRY_CHANGES != 0;
         if event.mask & libc::FAN_ONDIR != 0 && !entries_changed {
-            // A directory's own data or attributes: no run caches them.
+            // A directory's own data or attributes: no run caches them. But a directory moved
+            // elsewhere has another `..`, whose file id its runs hold.
+            if event.mask & libc::FAN_MOVE_SELF != 0
+                && let Some(dir) = event.dir.as_ref().and_then(FsObject::of)
+            {
+                self.remember(dir);
+                self.drop_runs(&dir);
+            }
             return;
         }
         if entries_changed && let Some(dir) = event.dir.as_ref().and_then(FsObject::of) {
@@ -274,10 +309,21 @@ impl State {
         self.empty();
     }
 
-    fn lookup(&self, key: &RunKey) -> Option<Arc<Run>> {
-        let runs = self.runs.get(&key.dir)?;
-        let stored = runs.iter().find(|stored| stored.starts(key))?;
-        Some(Arc::clone(&stored.run))
+    /// The run stored for `key`, unless it is older than [`RUN_LIFETIME`] at `now` (then it is
+    /// dropped).
+    fn lookup(&mut self, key: &RunKey, now: Instant) -> Option<Arc<Run>> {
+        let runs = self.runs.get_mut(&key.dir)?;
+        let start = (key.export, key.cookie);
+        let stored = runs.get(&start)?;
+        if now.saturating_duration_since(stored.stored_at) < RUN_LIFETIME {
+            return Some(Arc::clone(&stored.run));
+        }
+        let expired = runs.remove(&start)?;
+        if runs.is_empty() {
+            self.runs.remove(&key.dir);
+        }
+        self.forget(&key.dir, expired);
+        None
     }
 
     /// Whether an event since `ticket` named `dir` or one of `objects`.
@@ -299,7 +345,14 @@ impl State {
         since.any(|object| object == dir || listed.contains(object))
     }
 
-    fn store(&mut self, ticket: Ticket, key: RunKey, run: Run, objects: Vec<FsObject>) -> bool {
+    fn store(
+        &mut self,
+        ticket: Ticket,
+        key: RunKey,
+        run: Run,
+        objects: Vec<FsObject>,
+        now: Instant,
+    ) -> bool {
         if self.changed_since(ticket, &key.dir, &objects) {
             self.counters.refused += 1;
             return false;
@@ -310,26 +363,38 @@ impl State {
         }
         if self.bytes + footprint > self.limit {
             // Simplest fair eviction: start over (what was in use fills again).
-            self.runs.clear();
-            self.objects.clear();
-            self.bytes = 0;
-            self.counters.emptied += 1;
+            self.clear_runs();
         }
-        let runs = self.runs.entry(key.dir).or_default();
-        if let Some(position) = runs.iter().position(|stored| stored.starts(&key)) {
-            self.bytes -= runs.swap_remove(position).footprint;
+        let start = (key.export, key.cookie);
+        let full = self
+            .runs
+            .get(&key.dir)
+            .is_some_and(|runs| runs.len() >= RUNS_PER_DIRECTORY && !runs.contains_key(&start));
+        if full {
+            // A client walking a directory by unusual cookies: start the directory over.
+            self.drop_runs(&key.dir);
         }
-        runs.push(Stored {
-            export: key.export,
-            cookie: key.cookie,
-            run: Arc::new(run),
-            footprint,
-        });
+        if let Some(old) = self
+            .runs
+            .get_mut(&key.dir)
+            .and_then(|runs| runs.remove(&start))
+        {
+            self.forget(&key.dir, old);
+        }
         self.bytes += footprint;
         self.counters.cached_entries += objects.len() as u64;
-        for object in objects {
-            self.objects.insert(object, key.dir);
+        for object in &objects {
+            self.objects.insert(*object, key.dir);
         }
+        self.runs.entry(key.dir).or_default().insert(
+            start,
+            Stored {
+                run: Arc::new(run),
+                objects,
+                footprint,
+                stored_at: now,
+            },
+        );
         self.counters.stored += 1;
         true
     }
@@ -410,15 +475,17 @@ impl ListingCache {
     /// The run stored for `key`, if any, after applying every queued event; and the ticket a
     /// fill started now would need.
     pub fn lookup(&self, key: &RunKey) -> (Option<Arc<Run>>, Ticket) {
-        let locked = self.locked();
-        let run = locked.state.lookup(key);
+        let mut locked = self.locked();
+        let run = locked.state.lookup(key, Instant::now());
         (run, Ticket(locked.state.seq))
     }
 
     /// Stores a run listed after `ticket` was taken, whose cached entries are `objects`, unless
     /// something it lists changed since. Returns whether it was stored.
     pub fn store(&self, ticket: Ticket, key: RunKey, run: Run, objects: Vec<FsObject>) -> bool {
-        self.locked().state.store(ticket, key, run, objects)
+        self.locked()
+            .state
+            .store(ticket, key, run, objects, Instant::now())
     }
 
     /// Counts a reply answered from a run (`hit`) or listed live.
@@ -448,10 +515,14 @@ fn drain_seeing(
     buffer: &mut [u8],
     mut seen: impl FnMut(&Event<'_>),
 ) {
-    loop {
+    // What is queued now, and no more: events that arrive meanwhile are of changes concurrent
+    // with the request, and readers that outpace the drain must not keep it going.
+    let mut queued = watch.queued().unwrap_or(usize::MAX);
+    while queued > 0 {
         match watch.read(buffer) {
             Ok(0) => return,
             Ok(read) => {
+                queued = queued.saturating_sub(read);
                 for event in fanotify::events(&buffer[..read]) {
                     match event {
                         Ok(event) => {
@@ -478,7 +549,14 @@ fn drain_seeing(
 /// twenty times a second, until the cache is dropped.
 fn keep_draining(polled: &Watch, cache: &Weak<ListingCache>) {
     loop {
-        let ready = polled.wait(Duration::from_secs(1)).unwrap_or(false);
+        let ready = match polled.wait(Duration::from_secs(1)) {
+            Ok(ready) => ready,
+            Err(error) => {
+                tracing::warn!(%error, "waiting for fanotify events failed");
+                std::thread::sleep(Duration::from_secs(1));
+                false
+            }
+        };
         let Some(cache) = cache.upgrade() else {
             return;
         };
@@ -497,6 +575,12 @@ mod tests {
     use super::*;
 
     const FSID: u64 = 7;
+
+    /// The clock reading every test stores and looks up at (within a run's lifetime).
+    fn now() -> Instant {
+        static NOW: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *NOW.get_or_init(Instant::now)
+    }
 
     /// (what, event mask, its directory, its object, the expected outcome)
     type Case = (&'static str, u64, Option<u8>, Option<u8>, bool);
@@ -551,7 +635,13 @@ mod tests {
     fn filled() -> State {
         let mut state = State::new(1 << 20);
         let ticket = Ticket(state.seq);
-        assert!(state.store(ticket, key(1), run(b"abc"), vec![object(10), object(11)]));
+        assert!(state.store(
+            ticket,
+            key(1),
+            run(b"abc"),
+            vec![object(10), object(11)],
+            now()
+        ));
         state
     }
 
@@ -646,12 +736,26 @@ mod tests {
                 Some(20),
                 true,
             ),
+            (
+                "the directory moved elsewhere (its ..)",
+                FAN_MOVE_SELF | FAN_ONDIR,
+                Some(1),
+                None,
+                false,
+            ),
+            (
+                "a subdirectory moved",
+                FAN_MOVE_SELF | FAN_ONDIR,
+                Some(2),
+                None,
+                true,
+            ),
             ("an overflowed queue", FAN_Q_OVERFLOW, None, None, false),
         ];
         for &(what, mask, dir, changed, survives) in cases {
             let mut state = filled();
             apply(&mut state, mask, dir, changed);
-            assert_eq!(state.lookup(&key(1)).is_some(), survives, "{what}");
+            assert_eq!(state.lookup(&key(1), now()).is_some(), survives, "{what}");
             if !survives {
                 assert_eq!(state.bytes, 0, "{what}: memory accounted");
             }
@@ -713,11 +817,17 @@ mod tests {
                 apply(&mut state, mask, dir, changed);
             }
             assert_eq!(
-                state.store(ticket, key(1), run(b"abc"), vec![object(10), object(11)]),
+                state.store(
+                    ticket,
+                    key(1),
+                    run(b"abc"),
+                    vec![object(10), object(11)],
+                    now()
+                ),
                 stored,
                 "{what}"
             );
-            assert_eq!(state.lookup(&key(1)).is_some(), stored, "{what}");
+            assert_eq!(state.lookup(&key(1), now()).is_some(), stored, "{what}");
         }
     }
 
@@ -728,10 +838,16 @@ mod tests {
         for _ in 0..RECENT_EVENTS {
             apply(&mut state, libc::FAN_MODIFY, Some(2), Some(13));
         }
-        assert!(state.store(ticket, key(1), run(b"a"), vec![object(10)]));
+        assert!(state.store(ticket, key(1), run(b"a"), vec![object(10)], now()));
         apply(&mut state, libc::FAN_MODIFY, Some(2), Some(13));
-        assert!(!state.store(ticket, key(1), run(b"a"), vec![object(10)]));
-        assert!(state.store(Ticket(state.seq), key(1), run(b"a"), vec![object(10)]));
+        assert!(!state.store(ticket, key(1), run(b"a"), vec![object(10)], now()));
+        assert!(state.store(
+            Ticket(state.seq),
+            key(1),
+            run(b"a"),
+            vec![object(10)],
+            now()
+        ));
     }
 
     #[test]
@@ -740,26 +856,75 @@ mod tests {
         let mut state = State::new(limit);
         for n in 0..200u8 {
             let ticket = Ticket(state.seq);
-            assert!(state.store(ticket, key(n), run(&[n; 1000]), vec![object(n)]));
+            assert!(state.store(ticket, key(n), run(&[n; 1000]), vec![object(n)], now()));
             assert!(state.bytes <= limit);
             let total: usize = state
                 .runs
                 .values()
-                .flat_map(|runs| runs.iter().map(|stored| stored.footprint))
+                .flat_map(|runs| runs.values().map(|stored| stored.footprint))
                 .sum();
             assert_eq!(total, state.bytes);
+            let held: usize = state
+                .runs
+                .values()
+                .flat_map(|runs| runs.values().map(|stored| stored.objects.len()))
+                .sum();
+            assert!(
+                state.objects.len() <= held,
+                "the object index outgrew the runs"
+            );
         }
         assert!(state.counters.emptied > 0);
         // A run too big for the bound is not stored at all.
         let ticket = Ticket(state.seq);
-        assert!(!state.store(ticket, key(1), run(&vec![0; limit]), vec![]));
+        assert!(!state.store(ticket, key(1), run(&vec![0; limit]), vec![], now()));
         // Storing the same key again replaces the run.
         let mut state = State::new(limit);
-        assert!(state.store(Ticket(0), key(1), run(b"one"), vec![]));
+        assert!(state.store(Ticket(0), key(1), run(b"one"), vec![], now()));
         let first = state.bytes;
-        assert!(state.store(Ticket(0), key(1), run(b"two"), vec![]));
+        assert!(state.store(Ticket(0), key(1), run(b"two"), vec![], now()));
         assert_eq!(state.bytes, first);
-        assert_eq!(state.lookup(&key(1)).unwrap().bytes, b"two");
+        assert_eq!(state.lookup(&key(1), now()).unwrap().bytes, b"two");
+    }
+
+    #[test]
+    fn runs_expire_and_take_their_objects_along() {
+        let mut state = filled();
+        assert!(state.lookup(&key(1), now() + RUN_LIFETIME / 2).is_some());
+        assert!(state.lookup(&key(1), now() + RUN_LIFETIME).is_none());
+        assert!(
+            state.lookup(&key(1), now()).is_none(),
+            "an expired run is dropped"
+        );
+        assert!(state.objects.is_empty());
+        assert_eq!(state.bytes, 0);
+    }
+
+    #[test]
+    fn dropped_runs_leave_no_objects_in_the_index() {
+        let mut state = State::new(1 << 20);
+        for dir in 1..=30u8 {
+            let objects: Vec<FsObject> = (0..4).map(|n| object(100 + dir * 4 + n)).collect();
+            assert!(state.store(Ticket(state.seq), key(dir), run(b"x"), objects, now()));
+        }
+        assert_eq!(state.objects.len(), 120);
+        for dir in 1..=30u8 {
+            // A read of one listed file drops its directory's run (its access time).
+            apply(&mut state, libc::FAN_ACCESS, Some(dir), Some(100 + dir * 4));
+        }
+        assert!(state.objects.is_empty());
+        assert!(state.runs.is_empty());
+        assert_eq!(state.bytes, 0);
+    }
+
+    #[test]
+    fn a_directory_holds_a_bounded_number_of_runs() {
+        let mut state = State::new(1 << 30);
+        for cookie in 0..(RUNS_PER_DIRECTORY as u64 * 3) {
+            let at = RunKey { cookie, ..key(1) };
+            assert!(state.store(Ticket(state.seq), at, run(b"x"), vec![], now()));
+            assert!(state.runs[&key(1).dir].len() <= RUNS_PER_DIRECTORY);
+        }
     }
 
     #[test]

@@ -276,6 +276,10 @@ fn every_local_change_is_seen_by_the_next_listing() {
             Box::new(|| std::fs::write(dir.join("sub/inside"), b"").unwrap()),
         ),
         (
+            "a path through the symbolic link (its access time)",
+            Box::new(|| drop(std::fs::read_link(dir.join("symlink")).unwrap())),
+        ),
+        (
             "the symbolic link replaced",
             Box::new(|| {
                 std::fs::remove_file(dir.join("symlink")).unwrap();
@@ -302,6 +306,106 @@ fn every_local_change_is_seen_by_the_next_listing() {
     }
     let counters = counters(&server);
     assert!(counters.dropped > 0, "{counters:?}");
+}
+
+/// A directory moved elsewhere has a new `..`: its cached runs must not keep the old one.
+#[test]
+fn a_moved_directory_lists_its_new_parent() {
+    if !common::root_or_skip("a_moved_directory_lists_its_new_parent") {
+        return;
+    }
+    let (volume, server, dir) = directory(10);
+    let other = common::make_dir(volume.path().join("data/other"));
+    std::fs::write(dir.join("sub/inside"), b"x").unwrap();
+    let mut nfs = server.nfs(root());
+    let d = dir_handle(&mut nfs);
+    let sub = nfs.lookup(&d, b"sub").unwrap().0;
+    list_twice("sub, before", &server, &mut nfs, &sub, &dir.join("sub"));
+    std::fs::rename(dir.join("sub"), other.join("sub")).unwrap();
+    let listing = nfs.readdir_all(&sub, 8192, true);
+    check("sub, moved", &other.join("sub"), &listing);
+    let parent = listing.iter().find(|entry| entry.name == b"..").unwrap();
+    assert_eq!(
+        parent.fileid,
+        lstat(&other).fileid,
+        "`..` is the new parent"
+    );
+    assert_eq!(parent.attr.unwrap().fileid, lstat(&other).fileid);
+}
+
+/// Appends `data` to `path` with Linux native AIO (`io_submit`), for which the kernel raises no
+/// fanotify event.
+fn aio_append(path: &Path, data: &[u8]) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let offset = file.metadata().unwrap().len();
+    let mut context: libc::c_ulong = 0;
+    // SAFETY: io_setup writes the context id through the pointer.
+    let made = unsafe { libc::syscall(libc::SYS_io_setup, 1, &mut context) };
+    assert_eq!(made, 0);
+    // SAFETY: iocb is plain data; zero is a valid start.
+    let mut iocb: libc::iocb = unsafe { std::mem::zeroed() };
+    iocb.aio_lio_opcode = 1; // IOCB_CMD_PWRITE
+    iocb.aio_fildes = file.as_raw_fd() as u32;
+    iocb.aio_buf = data.as_ptr() as u64;
+    iocb.aio_nbytes = data.len() as u64;
+    iocb.aio_offset = offset as i64;
+    let mut submitted = [&mut iocb as *mut libc::iocb];
+    // SAFETY: one valid iocb, whose buffer outlives the call's completion below.
+    let count = unsafe { libc::syscall(libc::SYS_io_submit, context, 1, submitted.as_mut_ptr()) };
+    assert_eq!(count, 1, "{}", std::io::Error::last_os_error());
+    // struct io_event: data, obj, res, res2.
+    let mut event = [0u64; 4];
+    // SAFETY: room for one io_event; no timeout.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_io_getevents,
+            context,
+            1,
+            1,
+            event.as_mut_ptr(),
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+    assert_eq!(done, 1);
+    assert_eq!(event[2], data.len() as u64, "the AIO write's result");
+    // SAFETY: the context made above, with nothing in flight.
+    unsafe { libc::syscall(libc::SYS_io_destroy, context) };
+}
+
+/// What the kernel reports no event for (native AIO writes here) shows in a listing once the
+/// cached run has lived out its lifetime, and not later.
+#[test]
+fn changes_without_events_show_within_a_run_s_lifetime() {
+    if !common::root_or_skip("changes_without_events_show_within_a_run_s_lifetime") {
+        return;
+    }
+    let (_volume, server, dir) = directory(20);
+    let mut nfs = server.nfs(root());
+    let fh = dir_handle(&mut nfs);
+    list_twice("before", &server, &mut nfs, &fh, &dir);
+    let file = dir.join("file-0005");
+    let written = std::time::Instant::now();
+    aio_append(&file, &[b'a'; 8192]);
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(gateway::listing_cache::RUN_LIFETIME < Duration::from_secs(2));
+    let deadline = written + Duration::from_secs(3);
+    loop {
+        let listing = nfs.readdir_all(&fh, 8192, true);
+        let entry = listing
+            .iter()
+            .find(|entry| entry.name == b"file-0005")
+            .unwrap();
+        if entry.attr.unwrap().size == size {
+            check("after the AIO write", &dir, &listing);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the AIO write never showed in the listing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Two clients list while a program changes the files' sizes and modes. A fill that raced with

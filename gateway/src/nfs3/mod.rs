@@ -1302,8 +1302,9 @@ struct Recorder {
 
 impl Recorder {
     /// Records the entry `encoded` (name at `name`, attributes from `prefix_end`), described by
-    /// `stat` and `handle`. Only regular files and symbolic links with one link, with both
-    /// attributes and handle, are cached; every other entry stays fresh (`listing_cache`).
+    /// `stat` and `handle`. Only regular files with one link, with both attributes and handle,
+    /// are cached; every other entry stays fresh (`listing_cache`). (A symbolic link's access
+    /// time moves when a path goes through it, with no event.)
     fn record(
         &mut self,
         encoded: &[u8],
@@ -1313,11 +1314,7 @@ impl Recorder {
         handle: Option<&HandleBytes>,
     ) {
         let object = match (stat, handle) {
-            (Some(stat), Some(handle))
-                if stat.nlink == 1
-                    && (stat.is_regular() || stat.is_symlink())
-                    && !matches!(&encoded[name.clone()], b"." | b"..") =>
-            {
+            (Some(stat), Some(handle)) if stat.nlink == 1 && stat.is_regular() => {
                 handle.object_id()
             }
             _ => None,
