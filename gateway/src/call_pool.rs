@@ -119,7 +119,11 @@ impl Inner {
         loop {
             if let Some(job) = state.queue.pop_front() {
                 drop(state);
-                job();
+                // Jobs catch their own panics; one that escapes must not cost the pool a thread
+                // it still counts.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    tracing::error!("a call job panicked");
+                }
                 state = self.lock();
                 continue;
             }

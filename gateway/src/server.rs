@@ -279,6 +279,10 @@ impl ConnectionTask {
                 sys::eventfd_signal(wake.as_fd());
             }
         });
+        let _closing = Closing {
+            sink: sink.clone(),
+            tasks: [flusher, stopper],
+        };
         let slots = self.limits.requests_per_connection.max(1);
         let slots_semaphore = Arc::new(Semaphore::new(slots));
         let mut decoder = RecordDecoder::new(DEFAULT_MAX_RECORD);
@@ -333,9 +337,6 @@ impl ConnectionTask {
         if drained.is_err() {
             tracing::warn!(%peer, "calls still running at the drain deadline");
         }
-        sink.close();
-        flusher.abort();
-        stopper.abort();
         tracing::debug!(%peer, "connection closed");
     }
 
@@ -376,10 +377,10 @@ impl ConnectionTask {
         // Wait for a slot on this connection, then one over all connections: while waiting,
         // nothing more is read from this client.
         // The semaphores are never closed, so acquiring cannot fail.
-        let Ok(slot) = acquire(slots, runtime) else {
+        let Some(slot) = acquire(slots, &self.shutdown, runtime) else {
             return ControlFlow::Break(());
         };
-        let Ok(global) = acquire(&self.in_flight, runtime) else {
+        let Some(global) = acquire(&self.in_flight, &self.shutdown, runtime) else {
             return ControlFlow::Break(());
         };
         if sink.is_closed() {
@@ -661,14 +662,39 @@ fn gather<'q>(
     (count, false)
 }
 
-/// A permit of `semaphore`, at once when one is free, else waiting on `runtime`.
+/// A permit of `semaphore`, at once when one is free, else waiting on `runtime`; `None` when
+/// `shutdown` comes first (a client that does not read its replies, or calls stuck on a hung
+/// volume, must not keep the server from stopping).
 fn acquire(
     semaphore: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
     runtime: &tokio::runtime::Handle,
-) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
-    match semaphore.clone().try_acquire_owned() {
-        Ok(permit) => Ok(permit),
-        Err(_) => runtime.block_on(semaphore.clone().acquire_owned()),
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    runtime.block_on(async {
+        tokio::select! {
+            permit = semaphore.clone().acquire_owned() => permit.ok(),
+            () = shutdown.cancelled() => None,
+        }
+    })
+}
+
+/// Ends a connection's sending side and its tasks however its thread leaves (a panic too):
+/// otherwise the flusher would keep the socket open without a FIN, and the client would wait
+/// instead of reconnecting.
+struct Closing {
+    sink: Arc<ReplySink>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.sink.close();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 

@@ -770,6 +770,48 @@ fn a_file_made_again_is_never_listed_with_its_predecessor_s_handle() {
     eprintln!("200 rounds: {reused} reused the inode number, {cached_rounds} had it cached");
 }
 
+/// A client that sends calls but never reads the replies fills its connection's slots; the
+/// connection's thread then waits for a slot. A shutdown must still end it (within the drain
+/// deadline) and let the server return.
+#[test]
+fn shutdown_ends_a_connection_waiting_for_slots() {
+    if !common::root_or_skip("shutdown_ends_a_connection_waiting_for_slots") {
+        return;
+    }
+    let (volume, server) = common::data_server();
+    std::fs::write(volume.path().join("data/big"), vec![7u8; 1 << 20]).unwrap();
+    let mut nfs = server.nfs(root());
+    let root_fh = nfs.mnt("/data").unwrap();
+    let (big, _) = nfs.lookup(&root_fh, b"big").unwrap();
+    let mut silent = server.client();
+    let read = Args::new().opaque(&big).u64(0).u32(1 << 20).0;
+    for _ in 0..64 {
+        silent.send(NFS_PROGRAM, 3, 6, &root(), &read);
+    }
+    // The replies back up: every slot of the connection holds a spliced READ reply that the
+    // socket does not take (their pipes stay lent), and the connection's thread waits for one.
+    let slots = gateway::Limits::default().requests_per_connection;
+    let backed_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.service.pipe_stats().lent < slots {
+        assert!(
+            std::time::Instant::now() < backed_up,
+            "the replies never backed up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let stopping = std::thread::spawn(move || drop(server));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !stopping.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop while a connection waited for a slot"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    stopping.join().unwrap();
+    drop(silent);
+}
+
 /// Which calls the connection's thread may run itself: metadata calls on a local file system
 /// (this export is on the machine's disk), not the data calls, not calls of other programs or
 /// of unknown exports, not arguments that do not start with a handle.
