@@ -770,6 +770,20 @@ fn a_file_made_again_is_never_listed_with_its_predecessor_s_handle() {
     eprintln!("200 rounds: {reused} reused the inode number, {cached_rounds} had it cached");
 }
 
+/// Stops `server` (cancels and joins it) and fails unless that ends within `seconds`.
+fn stop_within(server: TestServer, seconds: u64, when: &str) {
+    let stopping = std::thread::spawn(move || drop(server));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !stopping.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop {when}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    stopping.join().unwrap();
+}
+
 /// A client that sends calls but never reads the replies fills its connection's slots; the
 /// connection's thread then waits for a slot. A shutdown must still end it (within the drain
 /// deadline) and let the server return.
@@ -799,16 +813,7 @@ fn shutdown_ends_a_connection_waiting_for_slots() {
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let stopping = std::thread::spawn(move || drop(server));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !stopping.is_finished() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not stop while a connection waited for a slot"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    stopping.join().unwrap();
+    stop_within(server, 20, "while a connection waited for a slot");
     drop(silent);
 }
 
@@ -878,16 +883,7 @@ fn shutdown_ends_idle_connections() {
     let idle: Vec<std::net::TcpStream> = (0..3)
         .map(|_| std::net::TcpStream::connect(server.address).unwrap())
         .collect();
-    let stopping = std::thread::spawn(move || drop(server));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !stopping.is_finished() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not stop with idle connections open"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    stopping.join().unwrap();
+    stop_within(server, 10, "with idle connections open");
     assert_eq!(gateway::server::connection_panics(), 0);
     for mut stream in idle {
         let mut byte = [0u8; 1];
