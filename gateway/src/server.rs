@@ -8,10 +8,10 @@
 //! running and no bytes follow it) and cannot take long (`Service::runs_quickly`: a metadata
 //! call on a local file system) right there, the others on the call pool
 //! ([`crate::call_pool`]), so that nothing the client sends meanwhile waits behind a READ, a
-//! COMMIT or a call to a shared volume that hangs. A client that makes one call at a time — what an application's
-//! `stat`, `open` or `unlink` is — so costs one thread wake-up per call, as with knfsd's
-//! threads, instead of a wake-up of an async worker and a hand-off to another thread (measured:
-//! 5–16 % more calls a second one at a time, BENCHMARKS.md "nfs"). File-system calls never run
+//! COMMIT or a call to a shared volume that hangs. A client that makes one call at a time —
+//! what an application's `stat`, `open` or `unlink` is — so costs one thread wake-up per call,
+//! as with knfsd's threads, instead of a wake-up of an async worker and a hand-off to another
+//! thread (measured: 6–13 % more calls a second one at a time, BENCHMARKS.md "nfs"). File-system calls never run
 //! on the async workers, so a hung volume cannot stall the node's other tasks (Raft, DNS). The
 //! thread that ran a call writes its reply itself, through the connection's `ReplySink`: a
 //! non-blocking write when nothing is queued before it; whatever the socket does not take at
