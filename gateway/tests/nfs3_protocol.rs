@@ -770,6 +770,45 @@ fn a_file_made_again_is_never_listed_with_its_predecessor_s_handle() {
     eprintln!("200 rounds: {reused} reused the inode number, {cached_rounds} had it cached");
 }
 
+/// This process's connection threads now (servers name them `nfs-conn`).
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "nfs-conn")
+        .count()
+}
+
+/// Every connection has a thread of its own: a hundred clients at once are all served, and
+/// their threads end with their connections (no thread, descriptor or slot left behind).
+#[test]
+fn many_connections_each_get_a_thread_and_give_it_back() {
+    if !common::root_or_skip("many_connections_each_get_a_thread_and_give_it_back") {
+        return;
+    }
+    let (_volume, server) = common::data_server();
+    let root_fh = server.nfs(root()).mnt("/data").unwrap();
+    let before = threads();
+    let mut clients: Vec<_> = (0..100).map(|_| server.nfs(root())).collect();
+    for client in &mut clients {
+        client.getattr(&root_fh).unwrap();
+    }
+    // (The MNT client's connection thread may have ended since `before`.)
+    assert!(threads() >= before + 95, "a thread per connection");
+    drop(clients);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Other tests of this binary may run servers meanwhile: allow for a few of their clients.
+    while threads() > before + 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection threads outlived their connections: {} threads, {before} before",
+            threads()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(gateway::server::connection_panics(), 0);
+}
+
 /// Stops `server` (cancels and joins it) and fails unless that ends within `seconds`.
 fn stop_within(server: TestServer, seconds: u64, when: &str) {
     let stopping = std::thread::spawn(move || drop(server));
