@@ -127,26 +127,8 @@ impl Watch {
 
     /// Waits until events are queued or `timeout` passed; `Ok(true)` when some are.
     pub fn wait(&self, timeout: std::time::Duration) -> io::Result<bool> {
-        let mut poll = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
-        match ready {
-            -1 => {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    Ok(false)
-                } else {
-                    Err(error)
-                }
-            }
-            0 => Ok(false),
-            _ => Ok(true),
-        }
+        let [ready] = sys::poll_readable([self.fd.as_fd()], Some(timeout))?;
+        Ok(ready)
     }
 }
 

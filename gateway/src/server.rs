@@ -289,9 +289,10 @@ impl ConnectionTask {
         let mut buffer = vec![0u8; 64 * 1024];
         let socket = reader.as_ref().as_fd();
         'read: loop {
-            match sys::wait_readable(socket, wake.as_fd()) {
-                Ok(true) => {}
-                Ok(false) => break,
+            // Shutdown wins over bytes waiting.
+            match sys::poll_readable([socket, wake.as_fd()], None) {
+                Ok([_, false]) => {}
+                Ok([_, true]) => break,
                 Err(error) => {
                     tracing::warn!(%peer, %error, "poll failed; closing connection");
                     break;

@@ -364,7 +364,7 @@ pub struct FsStat {
     pub fsid: u64,
 }
 
-/// A non-blocking eventfd, for waking a thread that waits in [`wait_readable`].
+/// A non-blocking eventfd, for waking a thread that waits in [`poll_readable`].
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd takes two integers and returns a new descriptor or -1.
     owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })
@@ -378,26 +378,26 @@ pub fn eventfd_signal(fd: BorrowedFd<'_>) {
     let _ = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
 }
 
-/// Waits until `socket` has bytes (or an error or hang-up to report: `Ok(true)`) or `wake`
-/// became readable (`Ok(false)`, which wins when both are).
-pub fn wait_readable(socket: BorrowedFd<'_>, wake: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut fds = [
-        libc::pollfd {
-            fd: socket.as_raw_fd(),
-            events: libc::POLLIN | libc::POLLRDHUP,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+/// `poll` for input on `fds` (a hang-up or an error counts: a read will report it), for at most
+/// `timeout` (`None`: no limit); which of them are readable. An interrupted wait starts again.
+pub fn poll_readable<const N: usize>(
+    fds: [BorrowedFd<'_>; N],
+    timeout: Option<std::time::Duration>,
+) -> io::Result<[bool; N]> {
+    let mut polled = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    });
+    let millis = timeout.map_or(-1, |timeout| {
+        libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX)
+    });
+    let count = libc::nfds_t::try_from(N).unwrap_or(0);
     loop {
-        // SAFETY: two valid pollfd entries.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: `polled` holds N valid pollfd entries.
+        let ready = unsafe { libc::poll(polled.as_mut_ptr(), count, millis) };
         if ready >= 0 {
-            return Ok(fds[1].revents == 0);
+            return Ok(polled.map(|fd| fd.revents != 0));
         }
         let error = io::Error::last_os_error();
         if error.kind() != io::ErrorKind::Interrupted {
