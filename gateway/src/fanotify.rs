@@ -93,23 +93,24 @@ impl Watch {
     /// Reads queued events into `buffer` (at least [`READ_BUFFER`] bytes); `Ok(0)` when none
     /// are queued.
     pub fn read(&self, buffer: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buffer` is valid for writes of its length.
-        let read = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-            )
-        };
-        match usize::try_from(read) {
-            Ok(read) => Ok(read),
-            Err(_) => {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::WouldBlock {
-                    Ok(0)
-                } else {
-                    Err(error)
-                }
+        loop {
+            // SAFETY: `buffer` is valid for writes of its length.
+            let read = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                )
+            };
+            if let Ok(read) = usize::try_from(read) {
+                return Ok(read);
+            }
+            // A signal is no reason to empty the cache: read again.
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock => return Ok(0),
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(error),
             }
         }
     }
