@@ -301,7 +301,14 @@ impl ConnectionTask {
             let length = match sys::recv(socket, &mut buffer) {
                 Ok(0) => break,
                 Ok(length) => length,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
                 Err(error) => {
                     tracing::debug!(%peer, %error, "read failed");
                     break;
